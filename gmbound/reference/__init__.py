@@ -1,0 +1,4 @@
+"""The pure-PyTorch reference path: the oracle for every compiled kernel."""
+from . import primitives
+
+__all__ = ["primitives"]

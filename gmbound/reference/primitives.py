@@ -1,0 +1,162 @@
+"""Pure-PyTorch bound primitives: the oracle every compiled kernel is tested against.
+
+Shapes (per-sample layer shapes written ``S``):
+
+* interval bounds ``lower``/``upper``: ``[N, B, *S]``: radius axis first;
+* CROWN coefficients ``lam`` (Lambda): ``[N or 1, B, K, *S]``: one row per specification row,
+  a leading 1 while Lambda is still the same for every radius (before the first ReLU);
+* bias / bound terms: ``[N or 1, B, K]``.
+
+Every function here is differentiable with the ordinary autograd of the ops it uses.
+Readable first, fast second: the compiled engine provides fused versions with the same
+contracts (``gmbound.engine``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------- input box
+def input_box(x: torch.Tensor, radii: torch.Tensor, x_min: Optional[torch.Tensor],
+              x_max: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped L-inf boxes ``[max(x - r, x_min), min(x + r, x_max)]`` for all radii.
+
+    ``x``: ``[B, *S]``; ``radii``: ``[N, B]``; returns ``[N, B, *S]`` twice.
+    """
+    r = radii.reshape(radii.shape + (1,) * (x.dim() - 1))  # [N, B, 1, ...]
+    lower, upper = x - r, x + r
+    if x_min is not None:
+        lower = torch.maximum(lower, x_min)
+    if x_max is not None:
+        upper = torch.minimum(upper, x_max)
+    return lower, upper
+
+
+def relu_bounds(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval ReLU: ReLU is monotone, so it maps ``[l, u]`` to ``[relu(l), relu(u)]``."""
+    return lower.clamp_min(0), upper.clamp_min(0)
+
+
+def _centre_radius(lower, upper, relu_input: bool):
+    if relu_input:
+        lower, upper = relu_bounds(lower, upper)
+    return (upper + lower) / 2, (upper - lower) / 2
+
+
+# ----------------------------------------------------------------------------- IBP steps
+def interval_linear(lower: torch.Tensor, upper: torch.Tensor, weight: torch.Tensor,
+                    bias: Optional[torch.Tensor], relu_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """IBP through ``z = W a + b`` (``a = relu(input)`` when ``relu_input``); ``[N, B, in] -> [N, B, out]``.
+
+    Centre ``c' = W c + b`` and radius ``rho' = |W| rho``.
+    """
+    c, rho = _centre_radius(lower, upper, relu_input)
+    c_out = F.linear(c, weight, bias)
+    rho_out = F.linear(rho, weight.abs())
+    return c_out - rho_out, c_out + rho_out
+
+
+def interval_conv2d(lower: torch.Tensor, upper: torch.Tensor, weight: torch.Tensor,
+                    bias: Optional[torch.Tensor], stride, padding, dilation,
+                    relu_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """IBP through a convolution; ``[N, B, C, H, W] -> [N, B, C', H', W']``.
+
+    The radius axis is folded into the batch so one convolution serves all radii.
+    """
+    c, rho = _centre_radius(lower, upper, relu_input)
+    n, b = c.shape[:2]
+    c_out = F.conv2d(c.flatten(0, 1), weight, bias, stride, padding, dilation)
+    rho_out = F.conv2d(rho.flatten(0, 1), weight.abs(), None, stride, padding, dilation)
+    c_out, rho_out = c_out.unflatten(0, (n, b)), rho_out.unflatten(0, (n, b))
+    return c_out - rho_out, c_out + rho_out
+
+
+def _channel_view(v: torch.Tensor, n_spatial: int) -> torch.Tensor:
+    return v.reshape((-1,) + (1,) * n_spatial)
+
+
+def interval_channel_affine(lower: torch.Tensor, upper: torch.Tensor, scale: torch.Tensor,
+                            shift: torch.Tensor, relu_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """IBP through ``z = s * a + t`` per channel (channel axis 2 of ``[N, B, C, ...]``)."""
+    c, rho = _centre_radius(lower, upper, relu_input)
+    n_spatial = c.dim() - 3
+    s, t = _channel_view(scale, n_spatial), _channel_view(shift, n_spatial)
+    c_out, rho_out = s * c + t, s.abs() * rho
+    return c_out - rho_out, c_out + rho_out
+
+
+# ----------------------------------------------------------------------------- CROWN steps
+def relu_relaxation(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linear relaxation of ``relu`` on ``[l, u]``: ``alpha z <= relu(z) <= s z + t``.
+
+    inactive (u <= 0): alpha = s = t = 0; active (l >= 0): alpha = s = 1, t = 0;
+    unstable: ``s = u / (u - l)``, ``t = -s l`` (the chord), and the adaptive lower slope of
+    CROWN-IBP, ``alpha = 1 if u > -l else 0`` (the line of least area). ``u - l > 0`` holds
+    whenever the neuron is unstable, so no guard term is needed and active slopes are exactly 1.
+    """
+    active = lower >= 0
+    unstable = (lower < 0) & (upper > 0)
+    denom = torch.where(unstable, upper - lower, torch.ones_like(upper))
+    chord = torch.where(unstable, upper / denom, torch.zeros_like(upper))
+    upper_slope = torch.where(active, torch.ones_like(upper), chord)
+    upper_intercept = -chord * lower  # zero wherever the chord is zero
+    alpha = (active | (unstable & (upper > -lower))).to(upper.dtype)
+    return alpha, upper_slope, upper_intercept
+
+
+def relu_backward(lam: torch.Tensor, lower: torch.Tensor,
+                  upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Back-substitute a *lower* bound ``lam . relu(z)`` into a linear function of ``z``.
+
+    Positive entries of Lambda take the lower line, negative ones the upper line:
+    ``lam_z = lam^+ alpha + lam^- s``, bias ``sum(lam^- t)``.
+    ``lam``: ``[N or 1, B, K, *S]``, ``lower``/``upper``: ``[N, B, *S]``.
+    """
+    alpha, slope, intercept = (v.unsqueeze(2) for v in relu_relaxation(lower, upper))
+    lam_pos, lam_neg = lam.clamp_min(0), lam.clamp_max(0)
+    lam_z = lam_pos * alpha + lam_neg * slope
+    bias = (lam_neg * intercept).flatten(3).sum(-1)
+    return lam_z, bias
+
+
+def linear_backward(lam: torch.Tensor, weight: torch.Tensor,
+                    bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``lam . (W a + b) = (lam W) . a + lam . b``; ``[.., K, out] -> [.., K, in]``."""
+    lam_in = lam.matmul(weight)
+    bias_term = lam.matmul(bias) if bias is not None else None
+    return lam_in, bias_term
+
+
+def conv2d_backward(lam: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    stride, padding, dilation,
+                    output_padding) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Through a convolution by its transpose; ``[M, B, K, C', H', W'] -> [M, B, K, C, H, W]``."""
+    lead = lam.shape[:3]
+    lam_in = F.conv_transpose2d(lam.flatten(0, 2), weight, None, stride, padding,
+                                output_padding, 1, dilation).unflatten(0, lead)
+    bias_term = lam.sum((-2, -1)).matmul(bias) if bias is not None else None
+    return lam_in, bias_term
+
+
+def channel_affine_backward(lam: torch.Tensor, scale: torch.Tensor,
+                            shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Through ``z = s * a + t`` per channel (channel axis 3 of ``[M, B, K, C, ...]``)."""
+    n_spatial = lam.dim() - 4
+    lam_in = lam * _channel_view(scale, n_spatial)
+    bias_term = lam.flatten(4).sum(-1).matmul(shift) if n_spatial else lam.matmul(shift)
+    return lam_in, bias_term
+
+
+def concretize(lam: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+               relu_input: bool) -> torch.Tensor:
+    """Lower bound of ``lam . a`` over the box ``a in [l, u]`` (``relu`` of it when ``relu_input``).
+
+    ``lam^+ l + lam^- u = lam . c - |lam| . rho``; returns ``[N, B, K]``.
+    """
+    c, rho = _centre_radius(lower, upper, relu_input)
+    lam_flat = lam.flatten(3)                               # [M, B, K, D]
+    c_flat, rho_flat = c.flatten(2).unsqueeze(-1), rho.flatten(2).unsqueeze(-1)  # [N, B, D, 1]
+    return (lam_flat.matmul(c_flat) - lam_flat.abs().matmul(rho_flat)).squeeze(-1)
