@@ -40,7 +40,7 @@ class BoundOp:
     def name(self) -> str:
         return f"{type(self.module).__name__} at index {self.index}"
 
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
         """The concrete (clean) forward of this step."""
         return self.module(a)
 
@@ -106,14 +106,22 @@ class ChannelAffineOp(BoundOp):
             shift = shift + m.bias
         return scale, shift
 
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        m = self.module
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-            # Train-mode BN: the module normalises with this batch's statistics and updates its
-            # running averages; keep the statistics so the bounds use the very same map.
-            dims = [0] + list(range(2, a.dim()))
-            self.batch_stats = (a.mean(dims), a.var(dims, unbiased=False))
-        return m(a)
+    @property
+    def uses_batch_stats(self) -> bool:
+        """A BatchNorm in training mode normalises with the statistics of the batch it sees."""
+        return isinstance(self.module, nn.modules.batchnorm._BatchNorm) and self.module.training
+
+    def forward(self, a: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
+        if not self.uses_batch_stats:
+            return self.module(a)
+        # Keep this batch's statistics so the bounds use the very map the clean pass applied.
+        dims = [0] + list(range(2, a.dim()))
+        self.batch_stats = (a.mean(dims), a.var(dims, unbiased=False))
+        if update_running_stats:
+            return self.module(a)  # also updates the running averages, as in ordinary training
+        scale, shift = self.scale_shift()
+        view = (-1,) + (1,) * (a.dim() - 2)
+        return a * scale.view(view) + shift.view(view)
 
 
 @dataclass
@@ -123,7 +131,7 @@ class ReLUOp(BoundOp):
 
 @dataclass
 class FlattenOp(BoundOp):
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
         return a.flatten(1)
 
 

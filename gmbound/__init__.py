@@ -1,0 +1,28 @@
+"""gmbound: certified-robust training with global, monotonically decreasing multi-radius bounds.
+
+Public API (see README.md):
+
+* ``BoundedSequential``, ``compute_bounds``, ``Bounds``: multi-radius IBP / CROWN-IBP / CROWN bounds
+* ``Normalize``: per-channel normalisation layer (keeps the perturbation box in pixel space)
+* ``margin_spec``, ``robust_logits``: the margin specification and the robust-loss logits
+* ``gm_loss``, ``gm_radii``, ``radius_weights``, ``WEIGHT_SHAPES``, ``GMLossResult``: the GM loss
+* ``CrownIBPSchedule``, ``linear_ramp``, ``smooth_ramp``: CROWN-IBP's schedules
+* ``UnsupportedLayerError``, ``BoundInputError``: the errors bad input raises
+"""
+from .bounded import METHODS, Bounds, BoundedSequential, compute_bounds
+from .layers import Normalize
+from .losses import WEIGHT_SHAPES, GMLossResult, gm_loss, gm_radii, radius_weights
+from .network import UnsupportedLayerError
+from .schedules import CrownIBPSchedule, ScheduleValues, linear_ramp, smooth_ramp
+from .specification import margin_spec, robust_logits
+from .validation import BoundInputError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BoundedSequential", "Bounds", "compute_bounds", "METHODS", "Normalize",
+    "margin_spec", "robust_logits",
+    "gm_loss", "gm_radii", "radius_weights", "WEIGHT_SHAPES", "GMLossResult",
+    "CrownIBPSchedule", "ScheduleValues", "linear_ramp", "smooth_ramp",
+    "UnsupportedLayerError", "BoundInputError", "__version__",
+]

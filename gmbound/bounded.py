@@ -1,0 +1,190 @@
+"""``BoundedSequential``: the public front door for multi-radius bounds of a Sequential model."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
+
+import torch
+from torch import nn
+
+from . import propagation
+from .engine import get_primitives
+from .network import BoundOp, ChannelAffineOp, build_ops, infer_shapes
+from .specification import margin_spec
+from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_radii, check_domain,
+                         check_input, check_labels, check_spec)
+
+METHODS = ("ibp", "crown-ibp", "crown")
+_METHOD_ALIASES = {"ibp": "ibp", "crown-ibp": "crown-ibp", "crown_ibp": "crown-ibp", "crownibp": "crown-ibp",
+                   "crown": "crown", "full-crown": "crown"}
+
+
+class Bounds(NamedTuple):
+    """Lower and upper bounds, radius axis first: ``[N, B, K]`` (or ``[N, B, *out]`` without ``C``)."""
+
+    lower: torch.Tensor
+    upper: Optional[torch.Tensor]
+
+
+def _method(name: str) -> str:
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _METHOD_ALIASES:
+        raise BoundInputError(f"method must be one of {METHODS}, got {name!r}")
+    return _METHOD_ALIASES[key]
+
+
+def _check_beta(beta: Union[float, torch.Tensor]) -> float:
+    b = float(beta)
+    if not 0.0 <= b <= 1.0:
+        raise BoundInputError(f"beta must lie in [0, 1], got {b}")
+    return b
+
+
+class BoundedSequential(nn.Module):
+    """Wraps an ``nn.Sequential`` (nested ones flattened) and bounds it for many radii at once.
+
+    Supported layers: ``Linear``, ``Conv2d`` (groups = 1), ``ReLU``, ``Flatten``,
+    ``BatchNorm1d/2d``, ``gmbound.Normalize``, ``Identity`` and eval-mode ``Dropout``;
+    anything else raises ``UnsupportedLayerError`` naming the layer and its index.
+    The wrapped model's parameters are used live: train it as usual.
+
+    Soundness: in float64 the bounds contain every output of every point of the box up to
+    float64 rounding; float32 bounds can in principle be violated by a few ulps of the
+    outputs' magnitude. Certify in float64 where that matters (``model.double()``).
+    BatchNorm in training mode uses the statistics of the clean batch (as it normalises it).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        build_ops(model)  # validate now, so an unsupported layer fails at construction
+        self.model = model
+        self._shape_cache: dict[tuple, list[tuple[int, ...]]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _ops(self) -> list[BoundOp]:
+        """Fresh ops each call: cheap, and they see the modules' current train / eval modes."""
+        return build_ops(self.model)
+
+    def _first_param(self) -> Optional[torch.Tensor]:
+        return next(iter(self.model.parameters()), None)
+
+    def _shapes(self, ops: list[BoundOp], x: torch.Tensor) -> list[tuple[int, ...]]:
+        key = (tuple(x.shape[1:]), x.dtype)
+        if key not in self._shape_cache:
+            self._shape_cache[key] = infer_shapes(ops, tuple(x.shape[1:]), x.dtype, x.device)
+        return self._shape_cache[key]
+
+    @staticmethod
+    def _clean_forward(ops: list[BoundOp], x: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
+        a = x
+        for op in ops:
+            a = op.forward(a, update_running_stats)
+        return a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's ordinary output."""
+        return self._clean_forward(self._ops(), x)
+
+    # ------------------------------------------------------------------ bounds
+    def bounds(self, x: torch.Tensor, eps: RadiusLike, C: Optional[torch.Tensor] = None, *,
+               method: str = "ibp", beta: Union[float, torch.Tensor] = 1.0,
+               x_min: DomainLike = None, x_max: DomainLike = None, bound_upper: bool = True,
+               backend: str = "auto", crown_chunk: int = 512) -> Bounds:
+        """Bounds of ``C f(x')`` over ``||x' - x||_inf <= r`` (clipped to ``[x_min, x_max]``) for every radius.
+
+        ``eps``: a number, a vector ``[N]`` or per-sample radii ``[N, B]``; ``C``: ``[B, K, n_out]`` or
+        None for bounds of the outputs themselves. ``method``: ``"ibp"``, ``"crown-ibp"`` (IBP
+        intermediate bounds, one CROWN pass from ``C``; ``beta`` mixes it with IBP:
+        ``beta * CROWN-IBP + (1 - beta) * IBP``) or ``"crown"`` (full CROWN, for evaluation).
+        Returns ``Bounds(lower, upper)`` of shape ``[N, B, K]`` (``[N, B, *out]`` when ``C`` is None);
+        ``upper`` is None when ``bound_upper=False`` (half the work).
+        """
+        ops = self._ops()
+        x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
+        if any(isinstance(op, ChannelAffineOp) and op.uses_batch_stats for op in ops):
+            # train-mode BatchNorm: bound with this batch's statistics, leaving the running ones alone
+            self._clean_forward(ops, x, update_running_stats=False)
+        return self._bounds(ops, x, radii, lo, hi, C, _method(method), _check_beta(beta), bound_upper,
+                            backend, crown_chunk)
+
+    def _prepare(self, x, eps, x_min, x_max):
+        check_input(x, self._first_param())
+        radii = as_radii(eps, x)
+        lo, hi = as_domain(x_min, x, "x_min"), as_domain(x_max, x, "x_max")
+        check_domain(x, lo, hi)
+        return x, radii, lo, hi
+
+    def _bounds(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk) -> Bounds:
+        shapes = self._shapes(ops, x)
+        out_shape = shapes[-1]
+        n_out = 1
+        for s in out_shape:
+            n_out *= s
+        prims = get_primitives(backend, x.device)
+        box = prims.input_box(x, radii, lo, hi)
+        if C is None:
+            if method == "ibp":  # plain intervals all the way: no specification needed
+                state = propagation.interval_pass(ops, propagation.IntervalState(0, *box), len(ops), prims)
+                lower, upper = state.lower, state.upper
+                if state.relu_pending:
+                    lower, upper = prims.relu_bounds(lower, upper)
+                return Bounds(lower, upper if bound_upper else None)
+            spec = torch.eye(n_out, dtype=x.dtype, device=x.device).expand(x.shape[0], n_out, n_out)
+        else:
+            check_spec(C, x, n_out)
+            spec = C
+        k = spec.shape[1]
+        if bound_upper:
+            spec = torch.cat([spec, -spec], dim=1)
+        spec = spec.reshape(spec.shape[:2] + out_shape)
+        if method == "crown":
+            lb = propagation.full_crown_bounds(ops, shapes, box, spec, prims, crown_chunk)
+        else:
+            want_crown = method == "crown-ibp" and beta > 0
+            want_ibp = method == "ibp" or beta < 1
+            res = propagation.spec_bounds(ops, shapes, box, spec, prims, want_ibp, want_crown)
+            if not want_crown:
+                lb = res.ibp
+            elif not want_ibp:
+                lb = res.crown
+            else:
+                lb = beta * res.crown + (1 - beta) * res.ibp
+        lower = lb[..., :k]
+        upper = -lb[..., k:] if bound_upper else None
+        if C is None:
+            lower = lower.reshape(lower.shape[:2] + out_shape)
+            upper = upper.reshape(upper.shape[:2] + out_shape) if upper is not None else None
+        return Bounds(lower, upper)
+
+    def margin_bounds(self, x: torch.Tensor, y: torch.Tensor, eps: RadiusLike, *, method: str = "crown-ibp",
+                      beta: Union[float, torch.Tensor] = 1.0, x_min: DomainLike = None,
+                      x_max: DomainLike = None, backend: str = "auto") -> torch.Tensor:
+        """Certified lower bounds ``m(x, r)`` of the margins ``f_y - f_j`` (``j != y``, ascending): ``[N, B, n - 1]``."""
+        return self.logits_and_margins(x, y, eps, method=method, beta=beta, x_min=x_min, x_max=x_max,
+                                       backend=backend)[1]
+
+    def logits_and_margins(self, x: torch.Tensor, y: torch.Tensor, eps: RadiusLike, *,
+                           method: str = "crown-ibp", beta: Union[float, torch.Tensor] = 1.0,
+                           x_min: DomainLike = None, x_max: DomainLike = None,
+                           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean logits ``f(x)`` ``[B, n]`` and the margin lower bounds ``[N, B, n - 1]`` in one go.
+
+        The clean pass runs first, so train-mode BatchNorm layers bound with this batch's statistics.
+        """
+        ops = self._ops()
+        x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
+        logits = self._clean_forward(ops, x)
+        if logits.dim() != 2:
+            raise BoundInputError(f"margin bounds need logits [B, n_classes]; the model outputs {tuple(logits.shape)}")
+        n_classes = logits.shape[1]
+        check_labels(y, x, n_classes)
+        spec = margin_spec(y, n_classes, dtype=x.dtype)
+        margins = self._bounds(ops, x, radii, lo, hi, spec, _method(method), _check_beta(beta), False,
+                               backend, 512).lower
+        return logits, margins
+
+
+def compute_bounds(model: nn.Module, x: torch.Tensor, eps: RadiusLike, C: Optional[torch.Tensor] = None,
+                   **kwargs) -> Bounds:
+    """Functional form of ``BoundedSequential(model).bounds(x, eps, C, **kwargs)``."""
+    net = model if isinstance(model, BoundedSequential) else BoundedSequential(model)
+    return net.bounds(x, eps, C, **kwargs)
