@@ -1,0 +1,103 @@
+"""Map auto_LiRPA's box (a ``PerturbationLpNorm`` around ``x``) onto gmbound's ``eps, x_min, x_max``.
+
+gmbound bounds the box ``[max(x - r, x_min), min(x + r, x_max)]``. An auto_LiRPA box ``[L, U]``
+containing ``x`` is exactly that box with ``x_min = L``, ``x_max = U`` and any radius ``r`` with
+``x - r <= L`` and ``x + r >= U`` everywhere: the clipping then picks ``L`` and ``U`` themselves,
+bit for bit. ``covering_radius`` finds the smallest such ``r`` in floating point (and checks it).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..validation import BoundInputError
+from .perturbations import PerturbationLpNorm
+
+
+def covering_radius(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                    per_sample: bool = True) -> torch.Tensor:
+    """Smallest float radius ``r`` with ``x - r <= lower`` and ``x + r >= upper``: ``[B]``, or a scalar.
+
+    Computed without gradient: the box's edges, not the radius, carry it.
+    """
+    with torch.no_grad():
+        reach = torch.maximum(upper - x, x - lower).flatten(1).amax(1)   # [B]
+        if not per_sample:
+            reach = reach.amax()
+        view = (-1,) + (1,) * (x.dim() - 1) if per_sample else ()
+        for _ in range(16):  # rounding in x - lower can leave r an ulp short; step up until it covers
+            r = reach.reshape(view)
+            covers = ((x - r) <= lower) & ((x + r) >= upper)
+            covers = covers.flatten(1).all(1) if per_sample else covers.all()
+            if bool(covers.all()):
+                return reach
+            reach = torch.where(covers, reach, torch.nextafter(reach, torch.full_like(reach, float("inf"))))
+    raise BoundInputError("could not find a finite radius covering the box [x_L, x_U]; are they finite?")
+
+
+def per_sample_eps(eps: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``eps`` as radii ``[1, B]`` when it is one number per sample (or one overall), else None."""
+    if eps.numel() == 1:
+        return eps.reshape(1)
+    if eps.dim() == x.dim() and eps.shape[0] == x.shape[0] and all(s == 1 for s in eps.shape[1:]):
+        return eps.reshape(1, x.shape[0])
+    return None
+
+
+def checked_box(x: torch.Tensor, ptb: PerturbationLpNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The perturbation's box around ``x``, refusing one that does not contain ``x``."""
+    lower, upper = ptb.box(x)
+    for name, t in (("x_L", lower), ("x_U", upper)):
+        if not bool(torch.isfinite(t).all()):
+            raise BoundInputError(f"PerturbationLpNorm: {name} contains NaN or inf")
+    if bool((lower > upper).any()):
+        raise BoundInputError("PerturbationLpNorm: x_L exceeds x_U somewhere (an empty box)")
+    if bool((x < lower).any()) or bool((x > upper).any()):
+        raise BoundInputError(
+            "the clean input lies outside its box [x_L, x_U]; gmbound certifies boxes around the clean point, "
+            "so x must satisfy x_L <= x <= x_U (auto_LiRPA allows any box; gmbound.compat does not)")
+    return lower, upper
+
+
+def native_box(x: torch.Tensor, ptb: Optional[PerturbationLpNorm]):
+    """``(eps, x_min, x_max)`` for ``BoundedSequential.bounds`` giving exactly the box of ``ptb`` around ``x``.
+
+    ``eps`` is ``[1]`` or ``[1, B]`` (one radius); without a perturbation the box is the point ``x``.
+    """
+    if ptb is None:
+        return torch.zeros(1, dtype=x.dtype, device=x.device), None, None
+    if not ptb.has_explicit_box:
+        radii = per_sample_eps(ptb.eps_tensor(x), x)
+        if radii is not None:       # the unclipped box x -/+ eps: gmbound's own form
+            return radii, None, None
+    lower, upper = checked_box(x, ptb)
+    return covering_radius(x, lower, upper).unsqueeze(0), lower, upper
+
+
+def nested_boxes(x: torch.Tensor, ptb: Optional[PerturbationLpNorm], radii: Optional[torch.Tensor],
+                 eps: Optional[float]):
+    """gmbound's multi-radius family inside the perturbation's box ``[L, U]``.
+
+    Box ``i`` is ``[max(x - r_i, L), min(x + r_i, U)]``. The radii are ``radii`` if given, else
+    ``r_i = i/N * eps_gm`` with ``eps_gm = eps`` if given, else the smallest radius whose box is
+    ``[L, U]`` for every sample of the batch (so box ``N`` is the box ``compute_bounds`` bounds).
+    Returns ``(eps_gm or None, radii or None, x_min, x_max)``: exactly one of the first two is set.
+    """
+    if ptb is None:
+        raise BoundInputError("the multi-radius methods need a perturbed input: BoundedTensor(x, PerturbationLpNorm(...))")
+    override = None if eps is None else torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    if not ptb.has_explicit_box:
+        e = ptb.eps_tensor(x)
+        if e.numel() == 1:
+            # The unclipped box x -/+ e: radii up to e need no clipping, and min(r, e) is the same box.
+            e = e.reshape(())
+            if radii is not None:
+                return None, torch.minimum(radii, e), None, None
+            if override is None or bool(override <= e):
+                return (e if override is None else override), None, None, None
+    lower, upper = checked_box(x, ptb)
+    if radii is not None:
+        return None, radii, lower, upper
+    gm_eps = covering_radius(x, lower, upper, per_sample=False) if override is None else override
+    return gm_eps, None, lower, upper
