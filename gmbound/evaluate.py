@@ -1,0 +1,358 @@
+"""Evaluation over a grid of radii: standard, verified (per verifier) and PGD error.
+
+For every radius of the grid, on a test set:
+
+* ``verified_error[v]``: the fraction of samples that verifier ``v`` (``ibp``, ``crown-ibp``,
+  ``crown``) does *not* certify; the multi-radius engine bounds a chunk of radii per call.
+* ``verified_error_any``: a sample counts as verified when *any* verifier certifies it (every
+  certificate is sound, so the best of them is); ``best_verifier`` names the single verifier
+  with the lowest error at that radius.
+* ``pgd_error``: misclassified, or misclassified by L-inf PGD at that radius (an adversarial
+  point at a radius is also one at every larger radius, so samples already broken are not
+  attacked again).
+
+A sample that is certified and yet misclassified (clean or by PGD) proves a bound unsound:
+``evaluate`` counts these per verifier and radius and raises ``UnsoundBoundError`` (after the
+results are written, when called through the CLI) unless ``strict=False``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from .attacks import pgd_attack
+from .bounded import BoundedSequential
+from .specification import margin_spec
+
+VERIFIER_ORDER = ("ibp", "crown-ibp", "crown")
+
+
+class UnsoundBoundError(RuntimeError):
+    """A certified sample was misclassified (by PGD or on the clean input): a bound is not sound."""
+
+
+def relu_neurons(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Number of ReLU outputs of the model for one input of ``input_shape`` (``[C, H, W]``)."""
+    count = 0
+
+    def hook(_module, _inp, out):
+        nonlocal count
+        count += out[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros((1,) + tuple(input_shape), dtype=p.dtype, device=p.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return count
+
+
+def _radius_chunks(radii: torch.Tensor, chunk: int) -> Iterable[slice]:
+    for s in range(0, radii.shape[0], chunk):
+        yield slice(s, min(radii.shape[0], s + chunk))
+
+
+@torch.no_grad()
+def certified(net: BoundedSequential, x: torch.Tensor, y: torch.Tensor, radii: torch.Tensor, verifier: str, *,
+              x_min: Optional[float] = 0.0, x_max: Optional[float] = 1.0, backend: str = "auto",
+              radii_chunk: int = 8, crown_batch_size: int = 32, crown_chunk: int = 512) -> torch.Tensor:
+    """``[N, B]`` bool: sample b certified (all margin lower bounds > 0) at radius ``radii[n]``.
+
+    ``radii``: ``[N]`` or per-sample ``[N, B]``; at most ``radii_chunk`` radii are bounded per call.
+    """
+    out = []
+    for sl in _radius_chunks(radii, radii_chunk):
+        r = radii[sl]
+        if verifier == "crown":
+            parts = []
+            for s in range(0, x.shape[0], crown_batch_size):
+                e = slice(s, s + crown_batch_size)
+                xs, ys = x[e], y[e]
+                rs = r[:, e] if r.dim() == 2 else r
+                n_classes = net(xs[:1]).shape[1]
+                spec = margin_spec(ys, n_classes, dtype=x.dtype)
+                lb = net.bounds(xs, rs, spec, method="crown", x_min=x_min, x_max=x_max, bound_upper=False,
+                                backend=backend, crown_chunk=crown_chunk).lower
+                parts.append((lb > 0).all(-1))
+            out.append(torch.cat(parts, 1))
+        else:
+            margins = net.margin_bounds(x, y, r, method=verifier, beta=1.0, x_min=x_min, x_max=x_max,
+                                        backend=backend)
+            out.append((margins > 0).all(-1))
+    return torch.cat(out, 0)
+
+
+@dataclass
+class EvalResult:
+    """Errors (fractions) over the grid ``eps``; lists are aligned with ``eps``."""
+
+    eps: list[float]
+    n_samples: int
+    standard_error: float
+    verified_error: dict[str, list[float]]
+    verified_error_any: list[float]
+    best_verifier: list[str]
+    pgd_error: list[float]
+    unsound: dict[str, list[int]]
+    skipped_verifiers: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    pgd: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sound(self) -> bool:
+        return not any(any(v) for v in self.unsound.values())
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One CSV row per radius."""
+        rows = []
+        for i, e in enumerate(self.eps):
+            row: dict[str, Any] = {"eps": e, "n": self.n_samples, "standard_error": self.standard_error}
+            for v, errs in self.verified_error.items():
+                row[f"verified_error_{v}"] = errs[i]
+            row["verified_error"] = self.verified_error_any[i]
+            row["best_verifier"] = self.best_verifier[i]
+            row["pgd_error"] = self.pgd_error[i]
+            row["unsound_samples"] = sum(u[i] for u in self.unsound.values())
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sound"] = self.sound
+        return d
+
+
+def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
+             verifiers: Sequence[str] = ("ibp", "crown-ibp"), pgd_steps: int = 20, pgd_restarts: int = 1,
+             pgd_step_size: Optional[float] = None, pgd_loss: str = "ce", x_min: Optional[float] = 0.0,
+             x_max: Optional[float] = 1.0, device: Optional[torch.device] = None,
+             dtype: torch.dtype = torch.float32, backend: str = "auto", radii_chunk: int = 8,
+             crown_batch_size: int = 32, crown_max_neurons: Optional[int] = 2000, seed: int = 0,
+             strict: bool = True, progress: bool = False) -> EvalResult:
+    """Standard, verified (per verifier and best-of) and PGD error at every radius of ``eps_grid``.
+
+    Full CROWN runs only when the model has at most ``crown_max_neurons`` ReLU neurons (None: no
+    limit); otherwise it is listed in ``skipped_verifiers`` with the reason. Raises
+    ``UnsoundBoundError`` on any certified-but-attacked sample when ``strict``.
+    """
+    device = device or next(model.parameters()).device
+    model = model.to(device=device, dtype=dtype).eval()
+    net = BoundedSequential(model)
+    grid = sorted(float(e) for e in eps_grid)
+    radii = torch.tensor(grid, dtype=dtype, device=device)
+    n_eps = len(grid)
+    active, skipped = [], {}
+    for v in verifiers:
+        if v not in VERIFIER_ORDER:
+            raise ValueError(f"unknown verifier {v!r}; choose from {VERIFIER_ORDER}")
+    for v in VERIFIER_ORDER:
+        if v not in verifiers:
+            continue
+        if v == "crown" and crown_max_neurons is not None:
+            sample = loader.dataset[0][0]
+            n_relu = relu_neurons(model, tuple(sample.shape))
+            if n_relu > crown_max_neurons:
+                skipped[v] = (f"model has {n_relu} ReLU neurons > eval.crown_max_neurons = {crown_max_neurons}; "
+                              "raise that limit to run full CROWN anyway (slow and memory-hungry)")
+                continue
+        active.append(v)
+    wrong = 0
+    total = 0
+    unverified = {v: torch.zeros(n_eps, dtype=torch.long) for v in active}
+    unverified_any = torch.zeros(n_eps, dtype=torch.long)
+    pgd_wrong = torch.zeros(n_eps, dtype=torch.long)
+    unsound = {v: torch.zeros(n_eps, dtype=torch.long) for v in active}
+    seconds = {v: 0.0 for v in active}
+    seconds["pgd"] = 0.0
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    for x, y in batches:
+        x, y = x.to(device=device, dtype=dtype), y.to(device)
+        b = len(y)
+        total += b
+        with torch.no_grad():
+            clean_wrong = model(x).argmax(1) != y                                 # [B]
+        wrong += int(clean_wrong.sum())
+        cert = {}
+        for v in active:
+            t0 = time.time()
+            cert[v] = certified(net, x, y, radii, v, x_min=x_min, x_max=x_max, backend=backend,
+                                radii_chunk=radii_chunk, crown_batch_size=crown_batch_size).cpu()  # [N, B]
+            seconds[v] += time.time() - t0
+            unverified[v] += (~cert[v]).sum(1)
+        any_cert = torch.zeros(n_eps, b, dtype=torch.bool)
+        for v in active:
+            any_cert |= cert[v]
+        unverified_any += (~any_cert).sum(1)
+        # PGD, radius by radius; a sample broken at a radius stays broken at the larger ones
+        t0 = time.time()
+        broken = clean_wrong.clone()
+        attacked = torch.zeros(n_eps, b, dtype=torch.bool)
+        for i, e in enumerate(grid):
+            todo = ~broken
+            if e > 0 and pgd_steps > 0 and bool(todo.any()):
+                idx = todo.nonzero().squeeze(1)
+                _, ok = pgd_attack(model, x[idx], y[idx], e, steps=pgd_steps, step_size=pgd_step_size,
+                                   restarts=pgd_restarts, x_min=x_min, x_max=x_max, loss=pgd_loss,
+                                   generator=gen)
+                broken[idx[ok]] = True
+            attacked[i] = broken.cpu()
+        seconds["pgd"] += time.time() - t0
+        pgd_wrong += attacked.sum(1)
+        for v in active:
+            unsound[v] += (cert[v] & attacked).sum(1)
+    n = max(total, 1)
+    ver = {v: (unverified[v].double() / n).tolist() for v in active}
+    best = []  # the verifier(s) with the lowest error at each radius; ties joined by "="
+    for i in range(n_eps):
+        low = min((ver[v][i] for v in active), default=None)
+        best.append("=".join(v for v in active if ver[v][i] == low))
+    result = EvalResult(
+        eps=grid, n_samples=total, standard_error=wrong / n, verified_error=ver,
+        verified_error_any=(unverified_any.double() / n).tolist(), best_verifier=best,
+        pgd_error=(pgd_wrong.double() / n).tolist(), unsound={v: unsound[v].tolist() for v in active},
+        skipped_verifiers=skipped, seconds={k: round(s, 3) for k, s in seconds.items()},
+        pgd={"steps": pgd_steps, "restarts": pgd_restarts, "loss": pgd_loss,
+             "step_size": pgd_step_size if pgd_step_size is not None else "2.5*eps/steps",
+             "random_start": True, "x_min": x_min, "x_max": x_max},
+        meta={"dtype": str(dtype).replace("torch.", ""), "device": str(device), "backend": backend,
+              "torch": str(torch.__version__), "machine": platform.machine(), "platform": platform.platform()})
+    if strict and not result.sound:
+        raise UnsoundBoundError(unsound_message(result))
+    return result
+
+
+def unsound_message(result: EvalResult) -> str:
+    parts = []
+    for v, counts in result.unsound.items():
+        bad = [(e, c) for e, c in zip(result.eps, counts) if c]
+        if bad:
+            parts.append(f"{v}: " + ", ".join(f"{c} sample(s) at eps={e:g}" for e, c in bad))
+    return ("UNSOUND BOUND: samples certified and yet misclassified (clean or by PGD): " + "; ".join(parts)
+            + ". In float32 this can be rounding at a tie; re-run with eval.dtype=float64. If it persists, "
+            "the verifier has a bug: report it.")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_loader_for(cfg: dict, subset: Optional[int], batch_size: int) -> DataLoader:
+    """The test split named by a run's config (first ``subset`` samples)."""
+    from .data import load_dataset
+
+    d = cfg["data"]
+    try:
+        dataset = load_dataset(d["name"], d["dir"], train=False, download=d["download"])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}\n(test data of the checkpoint's config: data.name = {d['name']!r}, "
+                                f"data.dir = {d['dir']!r}; pass --data-dir to point elsewhere)") from None
+    if subset is not None and subset < len(dataset):
+        dataset = Subset(dataset, range(subset))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def checkpoint_label(ckpt: dict, path: str | Path) -> str:
+    cfg = ckpt["config"]
+    return f"{cfg['train']['method']} ({cfg['name']})"
+
+
+def evaluate_checkpoint(path: str | Path, ecfg: dict, *, data_dir: Optional[str] = None,
+                        device: Optional[torch.device] = None, label: Optional[str] = None,
+                        strict: bool = True, progress: bool = False) -> EvalResult:
+    """Evaluate a training checkpoint with the ``eval`` section ``ecfg`` (see ``gmbound.config``)."""
+    from .checkpoint import build_model_from_checkpoint, load_checkpoint
+    from .config import parse_eps_grid
+
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["config"]
+    if data_dir is not None:
+        cfg["data"]["dir"] = data_dir
+    model = build_model_from_checkpoint(ckpt)
+    mi = ckpt["model_info"]
+    subset = ecfg["test_subset"] if ecfg["test_subset"] is not None else cfg["data"]["test_subset"]
+    loader = test_loader_for(cfg, subset, ecfg["batch_size"])
+    dtype = torch.float64 if ecfg["dtype"] == "float64" else torch.float32
+    t0 = time.time()
+    result = evaluate(model, loader, parse_eps_grid(ecfg["eps_grid"]), verifiers=ecfg["verifiers"],
+                      pgd_steps=ecfg["pgd_steps"], pgd_restarts=ecfg["pgd_restarts"],
+                      pgd_step_size=ecfg["pgd_step_size"], x_min=mi["x_min"], x_max=mi["x_max"],
+                      device=device or torch.device("cpu"), dtype=dtype, backend=cfg["train"]["backend"],
+                      radii_chunk=ecfg["radii_chunk"], crown_batch_size=ecfg["crown_batch_size"],
+                      crown_max_neurons=ecfg["crown_max_neurons"], strict=False, progress=progress)
+    result.seconds["total"] = round(time.time() - t0, 3)
+    t = cfg["train"]
+    result.meta.update({
+        "label": label or checkpoint_label(ckpt, path), "checkpoint": str(path), "method": t["method"],
+        "train_eps": t["eps"], "n_radii": t["n_radii"] if t["method"].startswith("gm-") else 1,
+        "weights": t["weights"] if t["method"].startswith("gm-") else None, "epochs": int(ckpt["epoch"]),
+        "model": mi["name"], "dataset": cfg["data"]["name"], "test_subset": subset,
+        "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in ckpt.get("history", [])), 1),
+    })
+    if strict and not result.sound:
+        raise UnsoundBoundError(unsound_message(result))
+    return result
+
+
+# ----------------------------------------------------------------------------- files
+def write_result(result: EvalResult, folder: str | Path, stem: str) -> tuple[Path, Path]:
+    """``<stem>.csv`` (one row per radius) and ``<stem>.json`` (everything) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = result.rows()
+    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0].keys()))
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    with open(json_path, "w") as f:
+        json.dump(result.to_dict(), f, indent=1, default=_json_default)
+    return csv_path, json_path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    with open(path) as f:
+        data = json.load(f)
+    for key in ("eps", "verified_error_any", "pgd_error"):
+        if key not in data:
+            raise ValueError(f"{path}: not a gmbound eval JSON (no {key!r})")
+    return data
+
+
+def format_table(result: EvalResult, eps_values: Optional[Sequence[float]] = None) -> str:
+    """A text table of errors (%) at some radii of the grid (all by default)."""
+    verifiers = list(result.verified_error)
+    head = ["eps"] + [f"verified({v})" for v in verifiers] + ["verified(any)", "PGD"]
+    lines = ["  ".join(f"{h:>16}" for h in head)]
+    for i, e in enumerate(result.eps):
+        if eps_values is not None and not any(abs(e - v) < 1e-9 for v in eps_values):
+            continue
+        cells = [f"{e:g}"] + [f"{100 * result.verified_error[v][i]:.1f}%" for v in verifiers]
+        cells += [f"{100 * result.verified_error_any[i]:.1f}%", f"{100 * result.pgd_error[i]:.1f}%"]
+        lines.append("  ".join(f"{c:>16}" for c in cells))
+    return "\n".join(lines)
