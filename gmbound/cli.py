@@ -1,0 +1,298 @@
+"""The ``gmbound`` command: ``train``, ``eval``, ``certify``, ``plot`` and ``demo``.
+
+    gmbound train --config configs/demo.yaml train.epochs=2 data.dir=/data
+    gmbound train --resume runs/demo                  # continue a killed run
+    gmbound eval --checkpoint runs/a/checkpoint.pt runs/b/checkpoint.pt --eps-grid 0:0.5:0.01
+    gmbound certify --checkpoint runs/a/checkpoint.pt --eps-max 0.5
+    gmbound plot runs/a/eval/eval_a.json runs/b/eval/eval_b.json -o fig.png
+    gmbound demo
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import DEFAULTS, DEMO_CONFIG, ConfigError, make_config, parse_eps_grid, parse_verifiers
+
+
+# ----------------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from .train import train
+
+    if args.config is None and args.resume is None:
+        raise ConfigError("give --config FILE (and optional key=value overrides), or --resume RUN_DIR")
+    resume = args.resume is not None
+    if args.config is None:  # resume from a run folder / checkpoint: its saved config, then the overrides
+        path = Path(args.resume)
+        ckpt = load_checkpoint(path)
+        base = ckpt["config"]
+        cfg = make_config(base=base, overrides=args.overrides)
+        if path.is_file():
+            cfg["out_dir"] = str(path.parent)
+        elif path.name != CHECKPOINT_NAME:
+            cfg["out_dir"] = str(path)
+    else:
+        cfg = make_config(args.config, args.overrides)
+        if args.resume:  # --config F --resume RUN_DIR
+            cfg["out_dir"] = str(Path(args.resume).parent if Path(args.resume).is_file() else args.resume)
+    result = train(cfg, resume=resume, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
+    state = "stopped after" if result.stopped_early else "finished"
+    print(f"{state} epoch {result.epochs_done}/{cfg['train']['epochs']} in {result.seconds:.1f}s; "
+          f"checkpoint: {result.checkpoint}; log: {result.out_dir / 'log.csv'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def _eval_config(ckpt_cfg: dict, args: argparse.Namespace) -> dict:
+    e = copy.deepcopy(DEFAULTS["eval"])
+    e.update(ckpt_cfg.get("eval", {}))
+    flags = {"eps_grid": args.eps_grid, "verifiers": args.verifiers, "pgd_steps": args.pgd_steps,
+             "pgd_restarts": args.pgd_restarts, "pgd_step_size": args.pgd_step_size,
+             "batch_size": args.batch_size, "test_subset": args.test_subset, "dtype": args.dtype,
+             "crown_max_neurons": args.crown_max_neurons, "radii_chunk": args.radii_chunk}
+    for key, value in flags.items():
+        if value is not None:
+            e[key] = value
+    parse_eps_grid(e["eps_grid"], "--eps-grid")
+    e["verifiers"] = parse_verifiers(e["verifiers"], "--verifiers")
+    return e
+
+
+def _stem(path: str, used: set) -> str:
+    p = Path(path)
+    stem = p.parent.name if p.name == "checkpoint.pt" else p.stem
+    stem = stem or "model"
+    base, k = stem, 2
+    while stem in used:
+        stem, k = f"{base}_{k}", k + 1
+    used.add(stem)
+    return stem
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .evaluate import UnsoundBoundError, evaluate_checkpoint, format_table, unsound_message, write_result
+    from .plots import plot_drawdown
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    labels = args.label or []
+    if labels and len(labels) != len(args.checkpoint):
+        raise ConfigError(f"--label: give one label per checkpoint ({len(args.checkpoint)}), got {len(labels)}")
+    out = Path(args.out) if args.out else Path(args.checkpoint[0]).resolve().parent / "eval"
+    results, used, unsound = [], set(), []
+    for i, path in enumerate(args.checkpoint):
+        ckpt = load_checkpoint(path)
+        ecfg = _eval_config(ckpt["config"], args)
+        res = evaluate_checkpoint(path, ecfg, data_dir=args.data_dir, device=device,
+                                  label=labels[i] if labels else None, strict=False, progress=not args.quiet)
+        stem = f"eval_{_stem(path, used)}"
+        csv_path, json_path = write_result(res, out, stem)
+        print(f"\n{res.meta['label']}  [{res.meta['method']}, eps_train {res.meta['train_eps']:g}, "
+              f"{res.n_samples} test samples, standard error {100 * res.standard_error:.2f}%]")
+        for v, why in res.skipped_verifiers.items():
+            print(f"  verifier {v} skipped: {why}")
+        print(format_table(res))
+        print(f"  written: {csv_path}, {json_path}  (seconds: {res.seconds})")
+        if not res.sound:
+            print("\n!!! " + unsound_message(res) + "\n", file=sys.stderr)
+            unsound.append(path)
+        results.append(res.to_dict())
+    png = Path(args.plot) if args.plot else out / "drawdown.png"
+    plot_drawdown(results, png, title=args.title)
+    print(f"plot: {png}")
+    if unsound and not args.no_strict:
+        raise UnsoundBoundError(f"unsound bounds found for {', '.join(map(str, unsound))} (results written)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- certify
+def _cmd_certify(args: argparse.Namespace) -> int:
+    import torch
+
+    from .certify import certify, write_certify
+    from .checkpoint import build_model_from_checkpoint, load_checkpoint
+    from .evaluate import checkpoint_label, test_loader_for
+    from .train import resolve_device
+
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = ckpt["config"]
+    if args.data_dir:
+        cfg["data"]["dir"] = args.data_dir
+    subset = args.test_subset if args.test_subset is not None else cfg["data"]["test_subset"]
+    loader = test_loader_for(cfg, subset, args.batch_size)
+    model = build_model_from_checkpoint(ckpt)
+    mi = ckpt["model_info"]
+    verifiers = parse_verifiers(args.verifiers, "--verifiers")
+    eps_max = args.eps_max if args.eps_max is not None else 2 * cfg["train"]["eps"] or 0.5
+    t0 = time.time()
+    res = certify(model, loader, verifiers=verifiers, eps_max=eps_max, rounds=args.rounds, k=args.k,
+                  x_min=mi["x_min"], x_max=mi["x_max"], device=resolve_device(args.device),
+                  dtype=torch.float64 if args.dtype == "float64" else torch.float32,
+                  backend=cfg["train"]["backend"])
+    label = args.label or checkpoint_label(ckpt, args.checkpoint)
+    res.meta.update({"checkpoint": str(args.checkpoint), "label": label, "seconds_total": round(time.time() - t0, 2)})
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "certify"
+    paths = write_certify(res, out, "certify", label)
+    summary = json.loads(paths["json"].read_text())
+    print(f"{label}: {summary['n_samples']} samples, clean accuracy {100 * summary['clean_accuracy']:.2f}%, "
+          f"radius resolution {summary['resolution']:.2g}, {summary['seconds']}")
+    grid = summary["radius"]
+    for n, accs in summary["certified_accuracy"].items():
+        marks = [(r, a) for r, a in zip(grid, accs)][:: max(1, len(grid) // 10)]
+        print(f"  {n:>10}: median radius {summary['median_radius'][n]:.4g}; certified accuracy " +
+              ", ".join(f"{100 * a:.1f}%@{r:g}" for r, a in marks))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- plot
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .evaluate import load_result
+    from .plots import plot_drawdown
+
+    results = [load_result(p) for p in args.results]
+    if args.label:
+        if len(args.label) != len(results):
+            raise ConfigError(f"--label: give one label per result ({len(results)})")
+        for r, lab in zip(results, args.label):
+            r.setdefault("meta", {})["label"] = lab
+    path = plot_drawdown(results, args.output, title=args.title, per_verifier=args.per_verifier)
+    print(f"plot: {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+DEMO_EPS = (0.0, 0.1, 0.2, 0.3)
+
+
+def run_demo(out: str | Path = "runs/demo", compare: bool = True, quiet: bool = False) -> dict:
+    """Train GM-CROWN-IBP (and, with ``compare``, CROWN-IBP on the same budget) on the bundled MNIST
+    subset, then print verified (IBP, CROWN-IBP) and PGD error at a few radii."""
+    from .evaluate import evaluate_checkpoint, format_table, write_result
+    from .plots import plot_drawdown
+    from .train import train
+
+    t_start = time.time()
+    out = Path(out)
+    methods = ["gm-crown-ibp"] + (["crown-ibp"] if compare else [])
+    tables, results = {}, []
+    for method in methods:
+        cfg = make_config(base=DEMO_CONFIG, overrides=[f"train.method={method}", f"name=demo-{method}",
+                                                       f"out_dir={out / method}"])
+        if not quiet:
+            print(f"== training {method} on {cfg['data']['name']} ({cfg['model']['name']}, "
+                  f"{cfg['train']['epochs']} epochs, eps_train {cfg['train']['eps']}) ==", flush=True)
+        t0 = time.time()
+        res_train = train(cfg, overwrite=True, quiet=quiet)
+        t_train = time.time() - t0
+        res = evaluate_checkpoint(res_train.checkpoint, cfg["eval"], label=method, progress=False)
+        write_result(res, out, f"eval_{method}")
+        results.append(res.to_dict())
+        tables[method] = (res, t_train)
+    plot_drawdown(results, out / "drawdown.png", title="demo: embedded MNIST subset")
+    total = time.time() - t_start
+    if not quiet:
+        print()
+        for method, (res, t_train) in tables.items():
+            print(f"{method}: trained in {t_train:.1f}s; {res.n_samples} test images; standard error "
+                  f"{100 * res.standard_error:.1f}%; errors (%):")
+            print(format_table(res, DEMO_EPS))
+            print()
+        print(f"demo finished in {total:.1f}s; results in {out}/ (eval_*.csv, eval_*.json, drawdown.png)")
+    return {"seconds": total, "results": {m: r.to_dict() for m, (r, _) in tables.items()}}
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(args.out, compare=not args.no_compare)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gmbound", description="Certified-robust training with GM-CROWN-IBP.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("--config", help="YAML config file (see configs/)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
+    t.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                   help="continue from the run's checkpoint (with --config: its out_dir; else a run folder "
+                        "or checkpoint file)")
+    t.add_argument("--overwrite", action="store_true", help="start again even if out_dir holds a checkpoint")
+    t.add_argument("--stop-after-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="standard / verified / PGD error over an eps grid")
+    e.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints (overlaid in the plot)")
+    e.add_argument("--eps-grid", help="start:stop:step (stop included) or a comma list, e.g. 0:0.5:0.01")
+    e.add_argument("--verifiers", help="comma list of ibp, crown-ibp, crown")
+    e.add_argument("--pgd-steps", type=int)
+    e.add_argument("--pgd-restarts", type=int)
+    e.add_argument("--pgd-step-size", type=float)
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--radii-chunk", type=int, help="radii bounded per engine call")
+    e.add_argument("--test-subset", type=int, help="first n test images")
+    e.add_argument("--dtype", choices=("float32", "float64"))
+    e.add_argument("--crown-max-neurons", type=int, help="run full CROWN only up to this many ReLU neurons")
+    e.add_argument("--data-dir", help="override the checkpoint config's data.dir")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--label", nargs="+", help="one label per checkpoint")
+    e.add_argument("--out", help="output folder (default: <first checkpoint's folder>/eval)")
+    e.add_argument("--plot", help="PNG path (default: <out>/drawdown.png)")
+    e.add_argument("--title")
+    e.add_argument("--no-strict", action="store_true", help="do not fail on unsound bounds (still reported)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    c = sub.add_parser("certify", help="per-sample largest certified radius and certified-accuracy curve")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--verifiers", default="ibp,crown-ibp")
+    c.add_argument("--eps-max", type=float, help="search cap (default: 2 x eps_train)")
+    c.add_argument("--rounds", type=int, default=4)
+    c.add_argument("--k", type=int, default=8, help="radii per sample per round")
+    c.add_argument("--batch-size", type=int, default=256)
+    c.add_argument("--test-subset", type=int)
+    c.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    c.add_argument("--data-dir")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--label")
+    c.add_argument("--out")
+    c.set_defaults(func=_cmd_certify)
+
+    pl = sub.add_parser("plot", help="overlay eval JSON files as drawdown curves")
+    pl.add_argument("results", nargs="+", help="eval JSON files")
+    pl.add_argument("-o", "--output", required=True, help="PNG path")
+    pl.add_argument("--label", nargs="+")
+    pl.add_argument("--title")
+    pl.add_argument("--per-verifier", action="store_true", help="also draw each verifier's curve")
+    pl.set_defaults(func=_cmd_plot)
+
+    d = sub.add_parser("demo", help="train GM-CROWN-IBP (and CROWN-IBP) on the bundled MNIST subset")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--no-compare", action="store_true", help="skip the CROWN-IBP comparison run")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and args.resume and "=" in args.resume:
+        # "--resume key=value ...": the flag took no path, the word is an override
+        args.overrides.insert(0, args.resume)
+        args.resume = ""
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+        print(f"gmbound {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
