@@ -22,7 +22,8 @@ The subset (everything else raises ``UnsupportedFeatureError``, a ``NotImplement
   ``bound_opts``: speed/memory options are ignored; ``relu`` must be ``"adaptive"`` (the default),
   ``ibp_relative`` and ``loss_fusion`` False; unknown keys are ignored with a warning.
 * ``PerturbationLpNorm(eps=0, norm=np.inf, x_L=None, x_U=None)``: only ``norm=np.inf``. The box is
-  auto_LiRPA's: ``[x_L, x_U]`` where given, ``x -/+ eps`` otherwise; it must contain ``x``.
+  auto_LiRPA's: ``[x_L, x_U]`` where given, ``x -/+ eps`` otherwise; where ``x`` lies outside it (a
+  rounding error of the trainer's clamping, typically) it is widened to contain ``x`` (still sound).
 * ``BoundedTensor(x, ptb)``; ``model(x)`` (also ``model(method_opt="compute_bounds", ...)``).
 * ``compute_bounds(x=(x,) or None, C=None, method=..., IBP=False, bound_lower=True, bound_upper=True,
   reuse_ibp=False)`` -> ``(lb, ub)`` of shape ``[B, K]``. Methods: ``"IBP"``, ``"CROWN-IBP"``

@@ -7,6 +7,7 @@ bit for bit. ``covering_radius`` finds the smallest such ``r`` in floating point
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -46,17 +47,28 @@ def per_sample_eps(eps: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]
 
 
 def checked_box(x: torch.Tensor, ptb: PerturbationLpNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """The perturbation's box around ``x``, refusing one that does not contain ``x``."""
+    """The perturbation's box around ``x``, widened where needed to contain ``x``.
+
+    gmbound certifies boxes around the clean point. Trainers build ``x_L``/``x_U`` by clamping to
+    data limits computed in another precision (``(1 - mean) / std`` in float64 against float32
+    data), so ``x`` can stick out of its box by a rounding error, and the box can even be empty
+    there. The smallest box containing both ``[x_L, x_U]`` and ``x`` keeps the bounds sound for
+    ``[x_L, x_U]``; a warning says when ``x`` lies outside by more than rounding.
+    """
     lower, upper = ptb.box(x)
     for name, t in (("x_L", lower), ("x_U", upper)):
         if not bool(torch.isfinite(t).all()):
             raise BoundInputError(f"PerturbationLpNorm: {name} contains NaN or inf")
-    if bool((lower > upper).any()):
-        raise BoundInputError("PerturbationLpNorm: x_L exceeds x_U somewhere (an empty box)")
-    if bool((x < lower).any()) or bool((x > upper).any()):
-        raise BoundInputError(
-            "the clean input lies outside its box [x_L, x_U]; gmbound certifies boxes around the clean point, "
-            "so x must satisfy x_L <= x <= x_U (auto_LiRPA allows any box; gmbound.compat does not)")
+    below, above = x < lower, x > upper
+    if bool(below.any()) or bool(above.any()):
+        with torch.no_grad():
+            gap = torch.maximum((lower - x).clamp_min(0).max(), (x - upper).clamp_min(0).max()).item()
+            scale = 1.0 + x.abs().max().item()
+        if gap > 1e-5 * scale:
+            warnings.warn(f"the clean input lies outside its box [x_L, x_U] by up to {gap:.3g}; gmbound.compat "
+                          "bounds the smallest box containing both (sound for [x_L, x_U], but looser)", stacklevel=4)
+        lower = torch.where(below, x, lower)
+        upper = torch.where(above, x, upper)
     return lower, upper
 
 

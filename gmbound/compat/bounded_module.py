@@ -138,8 +138,6 @@ class BoundedModule(nn.Module):
             raise UnsupportedLayerError(f"gmbound.compat.BoundedModule: {err}") from err
         if device != "auto":
             model.to(device)
-        param = next(model.parameters(), None)
-        self.device = param.device if param is not None else torch.device("cpu")
         for name, child in model.named_children():
             self.add_module(name, child)
         # Kept outside the module registry so that parameters and state_dict keys are the model's own.
@@ -149,6 +147,12 @@ class BoundedModule(nn.Module):
         self._ibp_cache: Optional[tuple] = None
         if global_input is not None:
             self._check_global_input(global_input)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (CPU for a model without any)."""
+        param = next(self._model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
 
     @property
     def original_model(self) -> nn.Sequential:

@@ -44,8 +44,10 @@ class PerturbationLpNorm:
     ``x_U = min(x + eps, data_max)``, the clipped box. ``eps`` is a number or a tensor that
     broadcasts against ``x`` (per sample ``[B, 1, ..., 1]``, per channel ``[1, C, 1, 1]``, ...).
 
-    Only ``norm=np.inf`` is supported (any other raises ``UnsupportedFeatureError``), and the
-    clean input must lie in its box (gmbound certifies boxes around the clean point).
+    Only ``norm=np.inf`` is supported (any other raises ``UnsupportedFeatureError``). gmbound
+    certifies boxes around the clean point: where ``x`` lies outside ``[x_L, x_U]`` (trainers'
+    clamping can leave it out by a rounding error), the box is widened to contain it, which keeps
+    the bounds sound for ``[x_L, x_U]``; a warning says when the gap exceeds rounding.
     """
 
     def __init__(self, eps: EpsLike = 0, norm=math.inf, x_L: Optional[torch.Tensor] = None,
