@@ -206,8 +206,8 @@ def test_auto_lirpa_call_forms():
                       ("crown", "crown"), ("CROWN", "crown-ibp")]:
         lb, _ = model.compute_bounds(x=bx, C=C, method=method, IBP=(method == "CROWN"))
         same(lb, ref[m].lower[0])
-    lb, _ = model.compute_bounds(C=C)  # auto_LiRPA's default: method="backward", IBP=False, i.e. CROWN
-    same(lb, ref["crown"].lower[0])
+    lb, _ = model.compute_bounds(C=C, reference_bounds=None, interm_bounds={}, reuse_alpha=False)
+    same(lb, ref["crown"].lower[0])  # auto_LiRPA's default: method="backward", IBP=False, i.e. CROWN
     first = model.compute_bounds(x=(bx,), C=C, method=None, IBP=True)
     again = model.compute_bounds(C=C, method=None, IBP=True, reuse_ibp=True)
     assert again is first

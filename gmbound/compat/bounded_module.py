@@ -19,7 +19,7 @@ from ..validation import BoundInputError
 from ._box import native_box, nested_boxes
 from .bounded_tensor import BoundedTensor
 from .errors import UnsupportedFeatureError
-from .perturbations import PerturbationLpNorm
+from .perturbations import PerturbationLpNorm, is_default
 
 SUPPORTED_LAYERS = ("Linear", "Conv2d (groups=1, zero padding)", "ReLU", "Flatten", "BatchNorm1d/2d",
                     "gmbound.Normalize", "Identity", "Dropout (eval mode)")
@@ -244,7 +244,7 @@ class BoundedModule(nn.Module):
         if final_node_name is not None:
             raise UnsupportedFeatureError("final_node_name is outside gmbound.compat's subset: it bounds the model's "
                                           "output")
-        unused = [k for k, v in kwargs.items() if v is not None and v is not False]
+        unused = [k for k, v in kwargs.items() if not is_default(v)]
         if unused:
             raise UnsupportedFeatureError(f"compute_bounds argument(s) {sorted(unused)} are outside gmbound.compat's "
                                           "subset")

@@ -25,9 +25,13 @@ def _is_inf_norm(norm) -> bool:
         return False
 
 
-def _is_default(value) -> bool:
-    """None, False or 0: what an unused optional auto_LiRPA argument holds."""
-    return value is None or (isinstance(value, (bool, int, float)) and not value)
+def is_default(value) -> bool:
+    """None, False, 0 or an empty container: what an unused optional auto_LiRPA argument holds."""
+    if value is None:
+        return True
+    if isinstance(value, (bool, int, float, str, dict, list, tuple)):
+        return not value
+    return False
 
 
 class PerturbationLpNorm:
@@ -58,7 +62,7 @@ class PerturbationLpNorm:
                 "L1/L2 balls and PerturbationL0Norm are outside its subset")
         if kwargs.get("relative"):
             raise UnsupportedFeatureError("PerturbationLpNorm(relative=True) is outside gmbound.compat's subset")
-        unknown = [k for k, v in kwargs.items() if k != "relative" and not _is_default(v)]
+        unknown = [k for k, v in kwargs.items() if k != "relative" and not is_default(v)]
         if unknown:
             raise UnsupportedFeatureError(
                 f"PerturbationLpNorm: argument(s) {sorted(unknown)} are outside gmbound.compat's subset "
