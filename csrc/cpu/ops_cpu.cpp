@@ -1,0 +1,516 @@
+// CPU kernels: one pass each over the bound / Lambda blocks, parallel over (radius, sample) rows
+// with at::parallel_for (torch's OpenMP pool). Sums accumulate in at::acc_type (double for float).
+// The loops live in templates outside the AT_DISPATCH macro so `#pragma omp simd` applies.
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "composite.h"
+
+namespace gmbound {
+namespace {
+
+constexpr int64_t kGrain = 16384;  // elements per task of the purely element-wise loops
+
+void check_dense(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu(), "gmbound CPU kernel: ", what, " is on ", t.device());
+  TORCH_CHECK(t.is_non_overlapping_and_dense(), "gmbound CPU kernel: ", what, " is not dense");
+}
+
+struct Dims {
+  int64_t M, N, B, K, S;
+};
+
+Dims lam_dims(const at::Tensor& lam, const at::Tensor& lower) {
+  Dims d;
+  d.M = lam.size(0);
+  d.B = lam.size(1);
+  d.K = lam.size(2);
+  d.N = lower.size(0);
+  d.S = d.N * d.B == 0 ? 0 : lower.numel() / (d.N * d.B);
+  return d;
+}
+
+// ------------------------------------------------------------------------------- element-wise
+template <typename T>
+void centre_radius_impl(const T* l, const T* u, bool relu, T* c, T* r, int64_t n) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    if (relu) {
+#pragma omp simd
+      for (int64_t i = begin; i < end; ++i) {
+        const T lo = std::max(l[i], T(0)), up = std::max(u[i], T(0));
+        c[i] = (up + lo) / 2;
+        r[i] = (up - lo) / 2;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = begin; i < end; ++i) {
+        c[i] = (u[i] + l[i]) / 2;
+        r[i] = (u[i] - l[i]) / 2;
+      }
+    }
+  });
+}
+
+template <typename T>
+void bounds_from_centre_impl(T* a, T* b, int64_t n) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const T c = a[i], r = b[i];
+      a[i] = c - r;
+      b[i] = c + r;
+    }
+  });
+}
+
+template <typename T>
+void centre_radius_grads_impl(const T* gl, const T* gu, T* gc, T* gr, int64_t n) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      gc[i] = gl[i] + gu[i];
+      gr[i] = gu[i] - gl[i];
+    }
+  });
+}
+
+template <typename T>
+void bounds_grads_impl(const T* gc, const T* gr, const T* l, const T* u, bool relu, T* gl, T* gu, int64_t n) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      // c = (u + l) / 2, rho = (u - l) / 2; clamp_min(0) passes the gradient where x > 0 (not at 0)
+      T a = (gc[i] - gr[i]) / 2, b = (gc[i] + gr[i]) / 2;
+      if (relu) {
+        a = l[i] > 0 ? a : T(0);
+        b = u[i] > 0 ? b : T(0);
+      }
+      gl[i] = a;
+      gu[i] = b;
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------- ReLU relaxation
+// Coefficients of one block, exactly as reference relu_relaxation:
+// pos = alpha (lower line), neg = s (upper slope), icp = t (upper intercept).
+template <typename T>
+inline void relax_coeffs(const T* l, const T* u, int64_t S, T* pos, T* neg, T* icp) {
+  for (int64_t s = 0; s < S; ++s) {
+    const T lo = l[s], up = u[s];
+    const bool active = lo >= 0;
+    const bool unstable = lo < 0 && up > 0;
+    const T chord = unstable ? up / (up - lo) : T(0);
+    neg[s] = active ? T(1) : chord;
+    icp[s] = -chord * lo;
+    pos[s] = (active || (unstable && up > -lo)) ? T(1) : T(0);
+  }
+}
+
+// Gradients of (slope, intercept) back to (lower, upper), as autograd differentiates
+// relu_relaxation: chord = u / (u - l) on unstable neurons, slope = 1 on active ones, t = -chord l.
+template <typename T, typename A>
+inline void relax_coeff_grads(const T* l, const T* u, const A* gs, const A* gt, int64_t S, T* gl, T* gu) {
+  for (int64_t s = 0; s < S; ++s) {
+    const T lo = l[s], up = u[s];
+    if (!(lo < 0 && up > 0)) {  // not unstable: slope and intercept are constants
+      gl[s] = T(0);
+      gu[s] = T(0);
+      continue;
+    }
+    const T denom = up - lo;
+    const T chord = up / denom;
+    const A g_chord = gs[s] - gt[s] * A(lo);
+    A g_l = -gt[s] * A(chord);
+    A g_u = g_chord / A(denom);
+    const A g_den = -g_chord * A(up) / (A(denom) * A(denom));
+    g_u += g_den;
+    g_l -= g_den;
+    gl[s] = static_cast<T>(g_l);
+    gu[s] = static_cast<T>(g_u);
+  }
+}
+
+template <typename T>
+void relax_forward_impl(const T* lp, const T* lo, const T* up, const T* cb, Geom geom, T* zp, T* bp,
+                        const Dims& d) {
+  using acc_t = at::acc_type<T, false>;
+  const int64_t S = d.S, K = d.K, B = d.B, M = d.M, C = geom.C, HW = geom.HW;
+  at::parallel_for(0, d.N * d.B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> coef(3 * S);
+    T* pos = coef.data();
+    T* neg = pos + S;
+    T* icp = neg + S;
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / B, b = nb % B, m = M == 1 ? 0 : n;
+      relax_coeffs(lo + nb * S, up + nb * S, S, pos, neg, icp);
+      for (int64_t k = 0; k < K; ++k) {
+        const T* v = lp + ((m * B + b) * K + k) * S;
+        T* zo = zp + (nb * K + k) * S;
+        acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t s = 0; s < S; ++s) {  // branch-free so it vectorises
+          const T x = v[s], p = pos[s], q = neg[s], t = icp[s];
+          zo[s] = x * (x > T(0) ? p : q);
+          acc += acc_t((x < T(0) ? x : T(0)) * t);
+        }
+        if (cb != nullptr) {  // + z . bias of the affine layer below, channel by channel
+          acc_t acc_b = 0;
+          if (geom.channels_last) {
+            for (int64_t hw = 0; hw < HW; ++hw) {
+              const T* zr = zo + hw * C;
+#pragma omp simd reduction(+ : acc_b)
+              for (int64_t c = 0; c < C; ++c) acc_b += acc_t(zr[c]) * acc_t(cb[c]);
+            }
+          } else {
+            for (int64_t c = 0; c < C; ++c) {
+              const T* zr = zo + c * HW;
+              acc_t sum_c = 0;
+#pragma omp simd reduction(+ : sum_c)
+              for (int64_t hw = 0; hw < HW; ++hw) sum_c += acc_t(zr[hw]);
+              acc_b += sum_c * acc_t(cb[c]);
+            }
+          }
+          acc += acc_b;
+        }
+        bp[nb * K + k] = static_cast<T>(acc);
+      }
+    }
+  });
+}
+
+template <typename T>
+void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, const T* gbp, const T* cb, Geom geom,
+                         T* glam, T* glo, T* gup, T* zp, T* gcb_out, const Dims& d) {
+  using acc_t = at::acc_type<T, false>;
+  const int64_t S = d.S, K = d.K, B = d.B, M = d.M, N = d.N, C = geom.C, HW = geom.HW;
+  const bool cl = geom.channels_last;
+  std::vector<acc_t> gcb_total(gcb_out ? C : 0, acc_t(0));
+  std::mutex gcb_mutex;
+  // Lambda shared by all radii (M = 1 < N): its gradient sums over the radii, so one task per
+  // sample then, and no two tasks write the same row.
+  const bool shared = M == 1 && N > 1;
+  at::parallel_for(0, shared ? B : N * B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> coef(3 * S);
+    T* pos = coef.data();
+    T* neg = pos + S;
+    T* icp = neg + S;
+    std::vector<acc_t> acc(2 * S);
+    acc_t* gs = acc.data();
+    acc_t* gt = gs + S;
+    std::vector<T> gcol(cb ? S : 0);
+    std::vector<acc_t> gcb_local(gcb_out ? C : 0, acc_t(0));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n0 = shared ? 0 : task / B, n1 = shared ? N : n0 + 1, b = shared ? task : task % B;
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t nb = n * B + b, m = M == 1 ? 0 : n;
+        const bool accumulate = shared && n > 0;
+        relax_coeffs(lo + nb * S, up + nb * S, S, pos, neg, icp);
+        std::fill(gs, gs + 2 * S, acc_t(0));
+        for (int64_t k = 0; k < K; ++k) {
+          const T* v = lp + ((m * B + b) * K + k) * S;
+          const T* gzr = gzp + (nb * K + k) * S;
+          T* gl = glam + ((m * B + b) * K + k) * S;
+          const T gb = gbp[nb * K + k];
+          // the gradient reaching z: from the product below, plus g_bias * bias[channel]
+          const T* g = gzr;
+          if (cb != nullptr) {
+            T* gc = gcol.data();
+            if (cl) {
+              for (int64_t hw = 0; hw < HW; ++hw) {
+#pragma omp simd
+                for (int64_t c = 0; c < C; ++c) gc[hw * C + c] = gzr[hw * C + c] + gb * cb[c];
+              }
+            } else {
+              for (int64_t c = 0; c < C; ++c) {
+                const T add = gb * cb[c];
+#pragma omp simd
+                for (int64_t hw = 0; hw < HW; ++hw) gc[c * HW + hw] = gzr[c * HW + hw] + add;
+              }
+            }
+            g = gc;
+          }
+          // lam^+ = clamp_min(lam, 0) and lam^- = clamp_max(lam, 0): no gradient passes at lam = 0
+          auto step = [&](auto accumulate) {
+#pragma omp simd
+            for (int64_t s = 0; s < S; ++s) {
+              const T x = v[s], gg = g[s], p = pos[s], q = neg[s], t = icp[s];
+              const T xn = x < T(0) ? x : T(0);
+              const T rp = gg * p, rn = gg * q + gb * t;
+              T r = x < T(0) ? rn : T(0);
+              r = x > T(0) ? rp : r;
+              if constexpr (decltype(accumulate)::value) {
+                gl[s] += r;
+              } else {
+                gl[s] = r;
+              }
+              gs[s] += acc_t(gg * xn);
+              gt[s] += acc_t(gb * xn);
+            }
+          };
+          if (accumulate) {
+            step(std::true_type{});
+          } else {
+            step(std::false_type{});
+          }
+          if (zp != nullptr || gcb_out != nullptr) {  // z itself (weight gradient), and the bias gradient
+            T* zo = zp ? zp + (nb * K + k) * S : gcol.data();
+#pragma omp simd
+            for (int64_t s = 0; s < S; ++s) {
+              const T x = v[s], p = pos[s], q = neg[s];
+              zo[s] = x * (x > T(0) ? p : q);
+            }
+            if (gcb_out != nullptr) {
+              acc_t* gcbl = gcb_local.data();
+              if (cl) {
+                for (int64_t hw = 0; hw < HW; ++hw)
+                  for (int64_t c = 0; c < C; ++c) gcbl[c] += acc_t(gb) * acc_t(zo[hw * C + c]);
+              } else {
+                for (int64_t c = 0; c < C; ++c) {
+                  acc_t sum_c = 0;
+#pragma omp simd reduction(+ : sum_c)
+                  for (int64_t hw = 0; hw < HW; ++hw) sum_c += acc_t(zo[c * HW + hw]);
+                  gcbl[c] += acc_t(gb) * sum_c;
+                }
+              }
+            }
+          }
+        }
+        relax_coeff_grads(lo + nb * S, up + nb * S, gs, gt, S, glo + nb * S, gup + nb * S);
+      }
+    }
+    if (gcb_out != nullptr) {
+      std::lock_guard<std::mutex> guard(gcb_mutex);
+      for (int64_t c = 0; c < C; ++c) gcb_total[c] += gcb_local[c];
+    }
+  });
+  if (gcb_out != nullptr) {
+    for (int64_t c = 0; c < C; ++c) gcb_out[c] = static_cast<T>(gcb_total[c]);
+  }
+}
+
+// ------------------------------------------------------------------------------- concretisation
+template <typename T>
+void concretize_impl(const T* lp, const T* lo, const T* up, bool relu, T* op, const Dims& d) {
+  using acc_t = at::acc_type<T, false>;
+  const int64_t S = d.S, K = d.K, B = d.B, M = d.M;
+  at::parallel_for(0, d.N * d.B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(relu ? 2 * S : 0);
+    for (int64_t nb = begin; nb < end; ++nb) {
+      const int64_t n = nb / B, b = nb % B, m = M == 1 ? 0 : n;
+      const T* l = lo + nb * S;
+      const T* u = up + nb * S;
+      if (relu) {
+        for (int64_t s = 0; s < S; ++s) {
+          buf[s] = std::max(l[s], T(0));
+          buf[S + s] = std::max(u[s], T(0));
+        }
+        l = buf.data();
+        u = buf.data() + S;
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const T* v = lp + ((m * B + b) * K + k) * S;
+        acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t s = 0; s < S; ++s) {
+          const T x = v[s], a = l[s], b = u[s];
+          acc += acc_t(x * (x >= T(0) ? a : b));
+        }
+        op[nb * K + k] = static_cast<T>(acc);
+      }
+    }
+  });
+}
+
+template <typename T>
+void concretize_backward_impl(const T* gop, const T* lp, const T* lo, const T* up, bool relu, T* glam, T* glo,
+                              T* gup, const Dims& d) {
+  using acc_t = at::acc_type<T, false>;
+  const int64_t S = d.S, K = d.K, B = d.B, M = d.M, N = d.N;
+  const bool shared = M == 1 && N > 1;
+  at::parallel_for(0, shared ? B : N * B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> cr(2 * S);
+    T* c = cr.data();
+    T* rho = c + S;
+    std::vector<acc_t> acc(2 * S);
+    acc_t* gc = acc.data();
+    acc_t* gr = gc + S;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n0 = shared ? 0 : task / B, n1 = shared ? N : n0 + 1, b = shared ? task : task % B;
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t nb = n * B + b, m = M == 1 ? 0 : n;
+        const bool accumulate = shared && n > 0;
+        const T* l = lo + nb * S;
+        const T* u = up + nb * S;
+        for (int64_t s = 0; s < S; ++s) {
+          const T ls = relu ? std::max(l[s], T(0)) : l[s];
+          const T us = relu ? std::max(u[s], T(0)) : u[s];
+          c[s] = (us + ls) / 2;
+          rho[s] = (us - ls) / 2;
+        }
+        std::fill(gc, gc + 2 * S, acc_t(0));
+        for (int64_t k = 0; k < K; ++k) {
+          const T* v = lp + ((m * B + b) * K + k) * S;
+          T* gl = glam + ((m * B + b) * K + k) * S;
+          const T g = gop[nb * K + k];
+          auto step = [&](auto accumulate) {
+#pragma omp simd
+            for (int64_t s = 0; s < S; ++s) {
+              const T x = v[s], cc = c[s], rr = rho[s];
+              T sg = x < T(0) ? T(-1) : T(0);
+              sg = x > T(0) ? T(1) : sg;
+              const T r = g * (cc - sg * rr);  // d/dlam (lam c - |lam| rho)
+              if constexpr (decltype(accumulate)::value) {
+                gl[s] += r;
+              } else {
+                gl[s] = r;
+              }
+              gc[s] += acc_t(g * x);
+              gr[s] -= acc_t(g * (x < T(0) ? -x : x));
+            }
+          };
+          if (accumulate) {
+            step(std::true_type{});
+          } else {
+            step(std::false_type{});
+          }
+        }
+        T* glr = glo + nb * S;
+        T* gur = gup + nb * S;
+        for (int64_t s = 0; s < S; ++s) {
+          T a = static_cast<T>((gc[s] - gr[s]) / 2), bb = static_cast<T>((gc[s] + gr[s]) / 2);
+          if (relu) {  // clamp_min(0) passes the gradient where x > 0
+            a = l[s] > 0 ? a : T(0);
+            bb = u[s] > 0 ? bb : T(0);
+          }
+          glr[s] = a;
+          gur[s] = bb;
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+T* mut_or_null(const at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------- the kernel set
+void CpuKernels::centre_radius(const at::Tensor& lower, const at::Tensor& upper, bool relu, const at::Tensor& c,
+                               const at::Tensor& rho) {
+  for (auto* t : {&lower, &upper, &c, &rho}) check_dense(*t, "centre_radius operand");
+  AT_DISPATCH_FLOATING_TYPES(lower.scalar_type(), "gmbound_centre_radius_cpu", [&] {
+    centre_radius_impl<scalar_t>(lower.const_data_ptr<scalar_t>(), upper.const_data_ptr<scalar_t>(), relu,
+                                 c.mutable_data_ptr<scalar_t>(), rho.mutable_data_ptr<scalar_t>(), lower.numel());
+  });
+}
+
+void CpuKernels::bounds_from_centre(const at::Tensor& c_to_lower, const at::Tensor& rho_to_upper) {
+  check_dense(c_to_lower, "centre");
+  check_dense(rho_to_upper, "radius");
+  TORCH_CHECK(same_significant_strides(c_to_lower, rho_to_upper), "gmbound: centre and radius layouts differ");
+  AT_DISPATCH_FLOATING_TYPES(c_to_lower.scalar_type(), "gmbound_bounds_from_centre_cpu", [&] {
+    bounds_from_centre_impl<scalar_t>(c_to_lower.mutable_data_ptr<scalar_t>(),
+                                      rho_to_upper.mutable_data_ptr<scalar_t>(), c_to_lower.numel());
+  });
+}
+
+void CpuKernels::centre_radius_grads(const at::Tensor& g_lower, const at::Tensor& g_upper, const at::Tensor& g_c,
+                                     const at::Tensor& g_rho) {
+  for (auto* t : {&g_lower, &g_upper, &g_c, &g_rho}) check_dense(*t, "centre_radius_grads operand");
+  AT_DISPATCH_FLOATING_TYPES(g_lower.scalar_type(), "gmbound_centre_radius_grads_cpu", [&] {
+    centre_radius_grads_impl<scalar_t>(g_lower.const_data_ptr<scalar_t>(), g_upper.const_data_ptr<scalar_t>(),
+                                       g_c.mutable_data_ptr<scalar_t>(), g_rho.mutable_data_ptr<scalar_t>(),
+                                       g_lower.numel());
+  });
+}
+
+void CpuKernels::bounds_grads(const at::Tensor& g_c, const at::Tensor& g_rho, const at::Tensor& lower,
+                              const at::Tensor& upper, bool relu, const at::Tensor& g_lower,
+                              const at::Tensor& g_upper) {
+  for (auto* t : {&g_c, &g_rho, &lower, &upper, &g_lower, &g_upper}) check_dense(*t, "bounds_grads operand");
+  AT_DISPATCH_FLOATING_TYPES(g_c.scalar_type(), "gmbound_bounds_grads_cpu", [&] {
+    bounds_grads_impl<scalar_t>(g_c.const_data_ptr<scalar_t>(), g_rho.const_data_ptr<scalar_t>(),
+                                lower.const_data_ptr<scalar_t>(), upper.const_data_ptr<scalar_t>(), relu,
+                                g_lower.mutable_data_ptr<scalar_t>(), g_upper.mutable_data_ptr<scalar_t>(),
+                                g_c.numel());
+  });
+}
+
+void CpuKernels::relax_forward(const at::Tensor& lam, const at::Tensor& lower, const at::Tensor& upper,
+                               const at::Tensor& cbias, Geom geom, const at::Tensor& z, const at::Tensor& bias) {
+  for (auto* t : {&lam, &lower, &upper, &z, &bias}) check_dense(*t, "relax_forward operand");
+  const Dims d = lam_dims(lam, lower);
+  TORCH_CHECK(!cbias.defined() || geom.C * geom.HW == d.S, "gmbound: relax_forward geometry does not fit");
+  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "gmbound_relax_forward_cpu", [&] {
+    relax_forward_impl<scalar_t>(lam.const_data_ptr<scalar_t>(), lower.const_data_ptr<scalar_t>(),
+                                 upper.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(cbias), geom,
+                                 z.mutable_data_ptr<scalar_t>(), bias.mutable_data_ptr<scalar_t>(), d);
+  });
+}
+
+void CpuKernels::relax_backward(const at::Tensor& lam, const at::Tensor& lower, const at::Tensor& upper,
+                                const at::Tensor& g_z, const at::Tensor& g_bias, const at::Tensor& cbias, Geom geom,
+                                const at::Tensor& g_lam, const at::Tensor& g_lower, const at::Tensor& g_upper,
+                                const at::Tensor& z, const at::Tensor& g_cbias) {
+  for (auto* t : {&lam, &lower, &upper, &g_z, &g_bias, &g_lam, &g_lower, &g_upper}) {
+    check_dense(*t, "relax_backward operand");
+  }
+  if (z.defined()) check_dense(z, "relax_backward z");
+  const Dims d = lam_dims(lam, lower);
+  TORCH_CHECK(!g_cbias.defined() || cbias.defined(), "gmbound: relax_backward: g_cbias needs cbias");
+  TORCH_CHECK(!cbias.defined() || geom.C * geom.HW == d.S, "gmbound: relax_backward geometry does not fit");
+  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "gmbound_relax_backward_cpu", [&] {
+    relax_backward_impl<scalar_t>(lam.const_data_ptr<scalar_t>(), lower.const_data_ptr<scalar_t>(),
+                                  upper.const_data_ptr<scalar_t>(), g_z.const_data_ptr<scalar_t>(),
+                                  g_bias.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(cbias), geom,
+                                  g_lam.mutable_data_ptr<scalar_t>(), g_lower.mutable_data_ptr<scalar_t>(),
+                                  g_upper.mutable_data_ptr<scalar_t>(), mut_or_null<scalar_t>(z),
+                                  mut_or_null<scalar_t>(g_cbias), d);
+  });
+}
+
+void CpuKernels::concretize_forward(const at::Tensor& lam, const at::Tensor& lower, const at::Tensor& upper,
+                                    bool relu, const at::Tensor& out) {
+  for (auto* t : {&lam, &lower, &upper, &out}) check_dense(*t, "concretize operand");
+  const Dims d = lam_dims(lam, lower);
+  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "gmbound_concretize_cpu", [&] {
+    concretize_impl<scalar_t>(lam.const_data_ptr<scalar_t>(), lower.const_data_ptr<scalar_t>(),
+                              upper.const_data_ptr<scalar_t>(), relu, out.mutable_data_ptr<scalar_t>(), d);
+  });
+}
+
+void CpuKernels::concretize_backward(const at::Tensor& g_out, const at::Tensor& lam, const at::Tensor& lower,
+                                     const at::Tensor& upper, bool relu, const at::Tensor& g_lam,
+                                     const at::Tensor& g_lower, const at::Tensor& g_upper) {
+  for (auto* t : {&g_out, &lam, &lower, &upper, &g_lam, &g_lower, &g_upper}) {
+    check_dense(*t, "concretize_backward operand");
+  }
+  const Dims d = lam_dims(lam, lower);
+  AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "gmbound_concretize_backward_cpu", [&] {
+    concretize_backward_impl<scalar_t>(g_out.const_data_ptr<scalar_t>(), lam.const_data_ptr<scalar_t>(),
+                                       lower.const_data_ptr<scalar_t>(), upper.const_data_ptr<scalar_t>(), relu,
+                                       g_lam.mutable_data_ptr<scalar_t>(), g_lower.mutable_data_ptr<scalar_t>(),
+                                       g_upper.mutable_data_ptr<scalar_t>(), d);
+  });
+}
+
+TORCH_LIBRARY_IMPL(gmbound, CPU, m) { register_ops<CpuKernels>(m); }
+
+}  // namespace gmbound
