@@ -1,0 +1,112 @@
+"""The compiled primitive set: ``gmbound.reference.primitives``' contract on ``torch.ops.gmbound``.
+
+The dispatcher runs the CPU or CUDA kernels by the tensors' device. Per-channel affine steps
+(BatchNorm, Normalize) stay on the reference ops, which are already single element-wise passes.
+
+Two fusions beyond the reference contract, both optional for the drivers:
+
+* ``relu_affine_backward``: the CROWN step through a ReLU and the Linear / Conv2d below it in one
+  op (``propagation.backward_pass`` uses it when a primitive set has it);
+* the first layer reads the input box directly: ``input_box`` tags the box it returns, and the
+  interval step of a Linear / Conv2d applied to that untouched box runs ``interval_input_*``,
+  which computes the shared centre ``W x + b`` once for all radii when the box is unclipped.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _extension
+from ..network import Conv2dOp, LinearOp, conv_output_padding
+from ..reference import primitives as _ref
+
+if not _extension.available():
+    raise ImportError(_extension.unavailable_reason())
+_ops = torch.ops.gmbound
+
+# The reference versions are used as they are.
+relu_bounds = _ref.relu_bounds
+relu_relaxation = _ref.relu_relaxation
+interval_channel_affine = _ref.interval_channel_affine
+channel_affine_backward = _ref.channel_affine_backward
+
+_BOX_TAG = "_gmbound_input_box"
+
+
+# ----------------------------------------------------------------------------- input box
+def input_box(x: torch.Tensor, radii: torch.Tensor, x_min: Optional[torch.Tensor],
+              x_max: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """As the reference; the box remembers where it came from, so the first layer can read ``x``."""
+    lower, upper = _ref.input_box(x, radii, x_min, x_max)
+    source = (x, radii, x_min, x_max)
+    versions = tuple(t._version for t in (lower, upper) + source if t is not None)
+    setattr(lower, _BOX_TAG, (upper, source, versions))
+    return lower, upper
+
+
+def _box_source(lower: torch.Tensor, upper: torch.Tensor):
+    """``(x, radii, x_min, x_max)`` when ``[lower, upper]`` is an untouched box from ``input_box``."""
+    tag = getattr(lower, _BOX_TAG, None)
+    if tag is None:
+        return None
+    tagged_upper, source, versions = tag
+    if tagged_upper is not upper:
+        return None
+    now = tuple(t._version for t in (lower, upper) + source if t is not None)
+    return source if now == versions else None
+
+
+# ----------------------------------------------------------------------------- IBP steps
+def interval_linear(lower, upper, weight, bias, relu_input):
+    source = None if relu_input else _box_source(lower, upper)
+    if source is not None:
+        x, radii, x_min, x_max = source
+        if x.dim() == 2:
+            return _ops.interval_input_linear(x, radii, x_min, x_max, weight, bias)
+    return _ops.interval_linear(lower, upper, weight, bias, relu_input)
+
+
+def interval_conv2d(lower, upper, weight, bias, stride, padding, dilation, relu_input):
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    source = None if relu_input else _box_source(lower, upper)
+    if source is not None:
+        x, radii, x_min, x_max = source
+        if x.dim() == 4:
+            return _ops.interval_input_conv2d(x, radii, x_min, x_max, weight, bias, stride, padding, dilation)
+    return _ops.interval_conv2d(lower, upper, weight, bias, stride, padding, dilation, relu_input)
+
+
+# ----------------------------------------------------------------------------- CROWN steps
+def relu_backward(lam, lower, upper):
+    return _ops.relu_relax(lam, lower, upper)
+
+
+def linear_backward(lam, weight, bias):
+    lam_in, term = _ops.crown_linear_step(lam, None, None, weight, bias)
+    return lam_in, (term if bias is not None else None)
+
+
+def conv2d_backward(lam, weight, bias, stride, padding, dilation, output_padding):
+    lam_in, term = _ops.crown_conv2d_step(lam, None, None, weight, bias, list(stride), list(padding),
+                                          list(dilation), list(output_padding))
+    return lam_in, (term if bias is not None else None)
+
+
+def relu_affine_backward(lam, lower, upper, op, in_shape, out_shape):
+    """A ReLU (pre-activation bounds ``[lower, upper]``) and the Linear / Conv2d ``op`` below it, in one step.
+
+    ``in_shape`` / ``out_shape``: per-sample input and output shapes of ``op``.
+    Returns Lambda on the op's input and the bias term, as the two reference steps together do.
+    """
+    if isinstance(op, LinearOp):
+        return _ops.crown_linear_step(lam, lower, upper, op.weight, op.bias)
+    if isinstance(op, Conv2dOp):
+        out_pad = conv_output_padding(op, tuple(in_shape[1:]), tuple(out_shape[1:]))
+        return _ops.crown_conv2d_step(lam, lower, upper, op.weight, op.bias, list(op.stride), list(op.padding),
+                                      list(op.dilation), list(out_pad))
+    raise TypeError(f"relu_affine_backward: {op.name} is not a Linear or Conv2d")
+
+
+def concretize(lam, lower, upper, relu_input):
+    return _ops.concretize(lam, lower, upper, relu_input)
