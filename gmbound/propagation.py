@@ -75,9 +75,16 @@ def backward_pass(ops: list[BoundOp], shapes: list[tuple[int, ...]], lam: torch.
     Returns Lambda on that input ``[M, B, K, *S]`` and the accumulated bias ``[M, B, K]``.
     """
     bias = torch.zeros(lam.shape[:3], dtype=lam.dtype, device=lam.device)
-    for j in range(stop - 1, start - 1, -1):
+    # Optional: a primitive set may step through a ReLU and the Linear / Conv2d below it at once.
+    fused = getattr(prims, "relu_affine_backward", None)
+    j = stop - 1
+    while j >= start:
         op, term = ops[j], None
-        if isinstance(op, ReLUOp):
+        if (fused is not None and isinstance(op, ReLUOp) and j - 1 >= start
+                and isinstance(ops[j - 1], (LinearOp, Conv2dOp))):
+            lam, term = fused(lam, *pre_relu[j], ops[j - 1], shapes[j - 1], shapes[j])
+            j -= 1  # the affine op below the ReLU is done too
+        elif isinstance(op, ReLUOp):
             lam, term = prims.relu_backward(lam, *pre_relu[j])
         elif isinstance(op, FlattenOp):
             lam = lam.reshape(lam.shape[:3] + shapes[j])
@@ -92,6 +99,7 @@ def backward_pass(ops: list[BoundOp], shapes: list[tuple[int, ...]], lam: torch.
             raise TypeError(f"no backward step for {op.name}")
         if term is not None:
             bias = bias + term
+        j -= 1
     return lam, bias
 
 
