@@ -32,15 +32,17 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     p.add_argument("--eps", type=float, default=0.1, help="training radius, in pixels ([0, 1])")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps", type=int, default=0, help="batches per epoch at most (0: the whole training set)")
     p.add_argument("--warmup", type=int, default=20, help="steps of natural training before the eps ramp")
-    p.add_argument("--ramp", type=int, default=60, help="steps over which eps grows to --eps")
+    p.add_argument("--ramp", type=int, default=80, help="steps over which eps grows to --eps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--test-size", type=int, default=500)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0: torch's default, all cores; one is faster where the cores are shared)")
     p.add_argument("--n-radii", type=int, default=10, help="N, the number of radii of the GM loss")   # gmbound
     return p.parse_args()
 
@@ -153,6 +155,8 @@ def drawdown(model, loader, eps, factors=(0.25, 0.5, 1.0, 1.5, 2.0)):
 def main():
     args = parse_args()
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train_set = load_dataset("embedded-mnist", None, train=True)
     test_set = load_dataset("embedded-mnist", None, train=False)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
