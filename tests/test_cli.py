@@ -92,6 +92,7 @@ def test_demo_runs_with_a_tiny_budget(tmp_path, monkeypatch, capsys):
             "eval": {"eps_grid": "0:0.1:0.05", "pgd_steps": 3}}
     monkeypatch.setattr(cli, "DEMO_CONFIG", tiny)
     out = cli.run_demo(tmp_path / "demo", compare=True)
+    assert set(cli.run_demo(tmp_path / "d2", compare="auto", budget_s=0.0, quiet=True)["results"]) == {"gm-crown-ibp"}
     assert set(out["results"]) == {"gm-crown-ibp", "crown-ibp"}
     text = capsys.readouterr().out
     assert "demo finished" in text and "verified(crown-ibp)" in text
