@@ -14,7 +14,7 @@ import gmbound
 from gmbound.compat import (BoundedModule, BoundedTensor, PerturbationLpNorm, UnsupportedFeatureError,
                             resolve_method)
 from gmbound.compat._box import covering_radius
-from nets import make_case, sample_box
+from nets import make_case
 
 METHODS = {"IBP": "ibp", "CROWN-IBP": "crown-ibp", "CROWN": "crown"}
 EPS = 0.15
@@ -102,7 +102,9 @@ def test_explicit_box_is_exactly_x_L_x_U_and_eps_is_ignored():
             same(got[0], ref.lower[0])
             same(got[1], ref.upper[0])
         # and they hold on the box: sample it (vertices and interior)
-        pts = x_L + torch.rand((64,) + x.shape, generator=g, dtype=x.dtype).round() * (x_U - x_L)
+        u = torch.rand((64,) + x.shape, generator=g, dtype=x.dtype)
+        u[:32] = u[:32].round()
+        pts = x_L + u * (x_U - x_L)
         with torch.no_grad():
             out = torch.einsum("bkn,sbn->sbk", C, net(pts.flatten(0, 1)).view(64, x.shape[0], -1))
         assert bool((out >= a[0] - 1e-9).all()) and bool((out <= a[1] + 1e-9).all())
@@ -416,3 +418,19 @@ def test_unsupported_methods_options_and_arguments():
         PerturbationLpNorm(eps=-1.0)
     with pytest.raises(gmbound.BoundInputError, match="exactly one"):
         model.gm_bounds(x=(bx,), n_radii=2, radii=[0.1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_matches_cpu():
+    net, x, y = make_case("cnn", seed=20, batch=4)
+    C = spec(net, x, y)
+    cpu = BoundedModule(copy.deepcopy(net), x).compute_bounds(x=(clipped(x),), C=C, method="CROWN-IBP")
+    model = BoundedModule(net, x, device="cuda")
+    bx = clipped(x).to("cuda")  # moves the perturbation's x_L / x_U along
+    assert bx.ptb.x_L.is_cuda and model.device.type == "cuda"
+    lb, ub = model.compute_bounds(x=(bx,), C=C.cuda(), method="CROWN-IBP")
+    torch.testing.assert_close(lb.cpu(), cpu[0])
+    torch.testing.assert_close(ub.cpu(), cpu[1])
+    gm = model.gm_loss(bx, y.cuda(), n_radii=3)
+    assert gm.loss.is_cuda and bool(torch.isfinite(gm.loss))

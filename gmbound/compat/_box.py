@@ -97,7 +97,8 @@ def nested_boxes(x: torch.Tensor, ptb: Optional[PerturbationLpNorm], radii: Opti
     Returns ``(eps_gm or None, radii or None, x_min, x_max)``: exactly one of the first two is set.
     """
     if ptb is None:
-        raise BoundInputError("the multi-radius methods need a perturbed input: BoundedTensor(x, PerturbationLpNorm(...))")
+        raise BoundInputError("the multi-radius methods need a perturbed input: "
+                              "BoundedTensor(x, PerturbationLpNorm(...))")
     override = None if eps is None else torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     if not ptb.has_explicit_box:
         e = ptb.eps_tensor(x)

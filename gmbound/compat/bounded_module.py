@@ -55,7 +55,8 @@ def resolve_method(method: Optional[str], IBP: bool = False, forward: bool = Fal
     if method is None:
         if IBP:
             return "ibp"
-        raise BoundInputError("method=None computes no bound unless IBP=True; pass method='IBP', 'CROWN-IBP' or 'CROWN'")
+        raise BoundInputError("method=None computes no bound unless IBP=True; "
+                              "pass method='IBP', 'CROWN-IBP' or 'CROWN'")
     if not isinstance(method, str):
         raise BoundInputError(f"method must be a string or None, got {type(method).__name__}")
     key = method.strip().lower()
