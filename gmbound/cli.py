@@ -76,11 +76,15 @@ def _stem(path: str, used: set) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from .checkpoint import load_checkpoint
     from .evaluate import UnsoundBoundError, evaluate_checkpoint, format_table, unsound_message, write_result
     from .plots import plot_drawdown
     from .train import resolve_device
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     labels = args.label or []
     if labels and len(labels) != len(args.checkpoint):
@@ -121,6 +125,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     from .evaluate import checkpoint_label, test_loader_for
     from .train import resolve_device
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config"]
     if args.data_dir:
@@ -259,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--crown-max-neurons", type=int, help="run full CROWN only up to this many ReLU neurons")
     e.add_argument("--data-dir", help="override the checkpoint config's data.dir")
     e.add_argument("--device", default="auto")
+    e.add_argument("--threads", type=int, help="torch CPU threads")
     e.add_argument("--label", nargs="+", help="one label per checkpoint")
     e.add_argument("--out", help="output folder (default: <first checkpoint's folder>/eval)")
     e.add_argument("--plot", help="PNG path (default: <out>/drawdown.png)")
@@ -278,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     c.add_argument("--data-dir")
     c.add_argument("--device", default="auto")
+    c.add_argument("--threads", type=int, help="torch CPU threads")
     c.add_argument("--label")
     c.add_argument("--out")
     c.set_defaults(func=_cmd_certify)

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "out_dir": None,             # output folder (logs, checkpoint); None: runs/<name>
     "seed": 0,
     "device": "auto",            # auto (cuda when available), cpu, cuda, or cuda:<index>
+    "threads": None,             # torch CPU threads (None: torch's default); 1 is faster on shared cores
     "data": {
         "name": "embedded-mnist",
         "dir": None,             # torchvision layout; not needed for embedded-mnist
@@ -103,6 +104,7 @@ DEFAULTS: dict[str, Any] = {
 # Keys whose default is None (or a list) need the type spelled out.
 _TYPES: dict[str, tuple] = {
     "out_dir": (str, type(None)),
+    "threads": (int, type(None)),
     "data.dir": (str, type(None)),
     "data.train_subset": (int, type(None)),
     "data.test_subset": (int, type(None)),
@@ -118,7 +120,7 @@ _TYPES: dict[str, tuple] = {
 
 # Keys that may change between a run and its resumption without changing the result.
 RESUME_MUTABLE = ("train.epochs", "train.progress", "train.tensorboard", "train.keep_checkpoints",
-                  "data.dir", "data.download", "data.num_workers", "device", "out_dir")
+                  "data.dir", "data.download", "data.num_workers", "device", "out_dir", "threads")
 
 
 # ----------------------------------------------------------------------------- flat views
@@ -386,6 +388,8 @@ def validate(cfg: dict, check_paths: bool = True) -> dict:
         _check(len(m["hidden"]) > 0 and all(isinstance(h, int) and h >= 1 for h in m["hidden"]),
                "model.hidden", "must be a list of positive widths", m["hidden"])
 
+    _check(cfg["threads"] is None or cfg["threads"] >= 1, "threads", "must be a positive count or null",
+           cfg["threads"])
     _check(cfg["device"] in DEVICES or str(cfg["device"]).startswith("cuda:"), "device",
            "must be auto, cpu, cuda or cuda:<index>", cfg["device"])
     parse_eps_grid(e["eps_grid"])

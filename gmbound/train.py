@@ -299,6 +299,8 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
     ``on_epoch_end(row)`` sees each epoch's log row; ``quiet`` silences the per-epoch print.
     """
     start_time = time.time()
+    if cfg["threads"] is not None:
+        torch.set_num_threads(cfg["threads"])
     pre_device = resolve_device(cfg["device"], int(os.environ.get("LOCAL_RANK", "0")))
     ctx = setup_distributed(pre_device)
     device = pre_device
