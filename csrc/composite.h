@@ -508,7 +508,7 @@ struct Ops {
     check_same(op, {{"lam", &lam}, {"lower", &lower}, {"upper", &upper}});
     check_pair(op, lower, upper);
     check_lam(op, lam, lower);
-    const bool cl = is_cl_block(lower);
+    const bool cl = kCL && is_cl_block(lower);  // keep the layout the bounds come in (CPU)
     Tensor lm = to_layout(lam, cl), l = to_layout(lower, cl), u = to_layout(upper, cl);
     const int64_t N = lower.size(0), B = lower.size(1), Kr = lam.size(2);
     Tensor z = empty_layout(cat_sizes({N, B, Kr}, lower.sizes().slice(2)), lam.options(), cl);
@@ -528,7 +528,7 @@ struct Ops {
     auto zsizes = cat_sizes({N, B, Kr}, lower.sizes().slice(2));
     TORCH_CHECK(g_z.sizes() == at::IntArrayRef(zsizes) && g_bias.sizes() == at::IntArrayRef({N, B, Kr}),
                 "gmbound::", op, ": gradient shapes do not match the outputs");
-    const bool cl = is_cl_block(lower);
+    const bool cl = kCL && is_cl_block(lower);  // keep the layout the bounds come in (CPU)
     Tensor lm = to_layout(lam, cl), l = to_layout(lower, cl), u = to_layout(upper, cl);
     Tensor g_lam = empty_layout(lam.sizes(), lam.options(), cl);
     Tensor g_l = empty_layout(lower.sizes(), lower.options(), cl), g_u = empty_layout(lower.sizes(), lower.options(), cl);
@@ -700,7 +700,7 @@ struct Ops {
     check_same(op, {{"lam", &lam}, {"lower", &lower}, {"upper", &upper}});
     check_pair(op, lower, upper);
     check_lam(op, lam, lower);
-    const bool cl = is_cl_block(lower);
+    const bool cl = kCL && is_cl_block(lower);  // keep the layout the bounds come in (CPU)
     Tensor out = at::empty({lower.size(0), lower.size(1), lam.size(2)}, lam.options());
     K::concretize_forward(to_layout(lam, cl), to_layout(lower, cl), to_layout(upper, cl), relu_input, out);
     return out;
@@ -714,7 +714,7 @@ struct Ops {
     check_lam(op, lam, lower);
     TORCH_CHECK(g_out.sizes() == at::IntArrayRef({lower.size(0), lower.size(1), lam.size(2)}), "gmbound::", op,
                 ": grad_out must be [N, B, K]");
-    const bool cl = is_cl_block(lower);
+    const bool cl = kCL && is_cl_block(lower);  // keep the layout the bounds come in (CPU)
     Tensor l = to_layout(lower, cl), u = to_layout(upper, cl);
     Tensor g_lam = empty_layout(lam.sizes(), lam.options(), cl);
     Tensor gl = empty_layout(l.sizes(), l.options(), cl), gu = empty_layout(l.sizes(), l.options(), cl);

@@ -104,7 +104,7 @@ def _(x, radii, x_min, x_max, weight, bias, stride, padding, dilation):
 def _(lam, lower, upper):
     n, b = lower.shape[:2]
     k = lam.shape[2]
-    z = _empty_layout((n, b, k) + tuple(lower.shape[2:]), lam, is_cl_block(lower))
+    z = _empty_layout((n, b, k) + tuple(lower.shape[2:]), lam, _conv_cl(lower) and is_cl_block(lower))
     return z, lam.new_empty((n, b, k))
 
 
