@@ -664,10 +664,17 @@ struct Ops {
     Tensor w = weight_layout(weight, kCL);
     Tensor gin4 = to_layout(g_in, kCL).flatten(0, 2);
     // z: Lambda after the relaxation, [Mz, B, K, C, H, W]; recomputed below rather than kept from the
-    // forward pass. The input-gradient convolution only reads its shape.
+    // forward pass. The transposed convolution is the adjoint of conv2d(., W): its input gradient is
+    // conv2d(g, W) and its weight gradient that of conv2d with input g and output gradient z (the
+    // plain convolution paths are faster than the transposed ones). That holds while the output
+    // padding is below the stride; otherwise (dilation > stride) the transposed backward is used.
+    const bool adjoint = output_padding[0] < stride[0] && output_padding[1] < stride[1];
     Tensor z = lower ? empty_layout({Mz, B, Kr, C, H, W}, lam.options(), kCL) : to_layout(lam, kCL);
-    auto gz4 = std::get<0>(at::convolution_backward(conv_operand(gin4, kCL), conv_operand(z.flatten(0, 2), kCL), w, std::nullopt, stride, padding,
-                                                    dilation, true, output_padding, 1, {true, false, false}));
+    Tensor gin_op = conv_operand(gin4, kCL);
+    Tensor gz4 = adjoint ? at::conv2d(gin_op, w, {}, stride, padding, dilation)
+                         : std::get<0>(at::convolution_backward(gin_op, conv_operand(z.flatten(0, 2), kCL), w,
+                                                                std::nullopt, stride, padding, dilation, true,
+                                                                output_padding, 1, {true, false, false}));
     Tensor gz = to_layout(gz4, kCL).view(z.sizes());
     Tensor gb = g_bias.contiguous();
     Tensor g_lam, g_l = none_like(lam), g_u = none_like(lam), g_b = none_like(lam);
@@ -687,8 +694,11 @@ struct Ops {
     }
     Tensor g_w = none_like(weight);
     if (mask[3]) {
-      g_w = std::get<1>(at::convolution_backward(conv_operand(gin4, kCL), conv_operand(z.flatten(0, 2), kCL), w, std::nullopt, stride, padding, dilation,
-                                                 true, output_padding, 1, {false, true, false}));
+      Tensor z_op = conv_operand(z.flatten(0, 2), kCL);
+      g_w = adjoint ? std::get<1>(at::convolution_backward(z_op, gin_op, w, std::nullopt, stride, padding, dilation,
+                                                           false, {0, 0}, 1, {false, true, false}))
+                    : std::get<1>(at::convolution_backward(gin_op, z_op, w, std::nullopt, stride, padding, dilation,
+                                                           true, output_padding, 1, {false, true, false}));
       g_w = like(g_w, weight);
     }
     return {mask[0] ? like(g_lam, lam) : none_like(lam), g_l, g_u, g_w, g_b};

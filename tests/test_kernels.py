@@ -126,7 +126,7 @@ def conv_geometry(h, w, k, s, p, d):
 CONV_CASES = [
     (1, 1, 1, 1, 5, 5, (3, 3), (1, 1), (0, 0), (1, 1)),
     (2, 3, 3, 4, 7, 6, (3, 2), (2, 1), (1, 0), (1, 2)),
-    (16, 2, 2, 5, 9, 8, (4, 4), (2, 2), (2, 2), (1, 1)),
+    (16, 1, 2, 5, 9, 8, (4, 4), (2, 2), (2, 2), (1, 1)),
     (4, 1, 5, 1, 6, 7, (2, 3), (1, 2), (0, 1), (2, 1)),
     (3, 2, 4, 3, 8, 8, (3, 3), (3, 3), (1, 1), (1, 1)),
 ]
@@ -214,7 +214,8 @@ def test_interval_input_layer(device, dtype, domain, layer):
 
 
 # ----------------------------------------------------------------------------- CROWN steps
-RELAX_CASES = [(1, 1, 1, (1,)), (3, 2, 4, (5, 3, 2)), (16, 2, 3, (7,)), (5, 3, 2, (2, 4, 4))]  # (N, B, K, S)
+# (N, B, K, S); the last is big enough to run the CPU kernels on several threads
+RELAX_CASES = [(1, 1, 1, (1,)), (3, 2, 4, (5, 3, 2)), (16, 2, 3, (7,)), (5, 3, 2, (2, 4, 4)), (16, 3, 5, (8, 16, 16))]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -313,6 +314,17 @@ def test_channels_last_inputs_give_the_same_results():
 
 
 # ----------------------------------------------------------------------------- gradcheck and opcheck
+@pytest.fixture
+def one_thread():
+    """gradcheck / opcheck make thousands of tiny calls: on a busy machine each OpenMP region of
+    ATen's float64 convolutions can cost a scheduler time slice, so these run on one thread
+    (the threaded kernels are covered by the larger cases above)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def _small_samples(requires_grad: bool):
     """One small float64 call of every forward op, for gradcheck / opcheck."""
     g = gen(123)
@@ -363,7 +375,7 @@ def _fix_linear_step(samples):
 @pytest.mark.parametrize("name", ["interval_linear", "interval_conv2d", "interval_input_linear",
                                   "interval_input_conv2d", "relu_relax", "crown_linear_step",
                                   "crown_conv2d_step", "concretize"])
-def test_gradcheck(name):
+def test_gradcheck(name, one_thread):
     args = _fix_linear_step(_small_samples(True))[name]
     op = getattr(ops, name)
 
@@ -380,7 +392,7 @@ def test_gradcheck(name):
                                   "interval_input_conv2d", "relu_relax", "crown_linear_step",
                                   "crown_conv2d_step", "concretize"])
 @pytest.mark.parametrize("requires_grad", [True, False])
-def test_opcheck_forward_ops(name, requires_grad):
+def test_opcheck_forward_ops(name, requires_grad, one_thread):
     args = _fix_linear_step(_small_samples(requires_grad))[name]
     torch.library.opcheck(getattr(ops, name).default, args)
 
@@ -427,7 +439,7 @@ def _backward_samples():
                                   "interval_input_linear_backward", "interval_input_conv2d_backward",
                                   "relu_relax_backward", "crown_linear_step_backward",
                                   "crown_conv2d_step_backward", "concretize_backward"])
-def test_opcheck_backward_ops(name):
+def test_opcheck_backward_ops(name, one_thread):
     torch.library.opcheck(getattr(ops, name).default, _backward_samples()[name],
                           test_utils=("test_schema", "test_faketensor"))
 

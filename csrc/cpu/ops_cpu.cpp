@@ -19,6 +19,10 @@ namespace {
 
 constexpr int64_t kGrain = 16384;  // elements per task of the purely element-wise loops
 
+// Rows per task so that a task has at least ~kGrain elements of work: small problems stay on one
+// thread (an OpenMP region costs more than they do), large ones spread over all threads.
+int64_t row_grain(int64_t work_per_row) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work_per_row)); }
+
 void check_dense(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu(), "gmbound CPU kernel: ", what, " is on ", t.device());
   TORCH_CHECK(t.is_non_overlapping_and_dense(), "gmbound CPU kernel: ", what, " is not dense");
@@ -144,7 +148,7 @@ void relax_forward_impl(const T* lp, const T* lo, const T* up, const T* cb, Geom
                         const Dims& d) {
   using acc_t = at::acc_type<T, false>;
   const int64_t S = d.S, K = d.K, B = d.B, M = d.M, C = geom.C, HW = geom.HW;
-  at::parallel_for(0, d.N * d.B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d.N * d.B, row_grain(K * S), [&](int64_t begin, int64_t end) {
     std::vector<T> coef(3 * S);
     T* pos = coef.data();
     T* neg = pos + S;
@@ -198,7 +202,7 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
   // Lambda shared by all radii (M = 1 < N): its gradient sums over the radii, so one task per
   // sample then, and no two tasks write the same row.
   const bool shared = M == 1 && N > 1;
-  at::parallel_for(0, shared ? B : N * B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, shared ? B : N * B, row_grain((shared ? N : 1) * K * S), [&](int64_t begin, int64_t end) {
     std::vector<T> coef(3 * S);
     T* pos = coef.data();
     T* neg = pos + S;
@@ -302,7 +306,7 @@ template <typename T>
 void concretize_impl(const T* lp, const T* lo, const T* up, bool relu, T* op, const Dims& d) {
   using acc_t = at::acc_type<T, false>;
   const int64_t S = d.S, K = d.K, B = d.B, M = d.M;
-  at::parallel_for(0, d.N * d.B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d.N * d.B, row_grain(K * S), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(relu ? 2 * S : 0);
     for (int64_t nb = begin; nb < end; ++nb) {
       const int64_t n = nb / B, b = nb % B, m = M == 1 ? 0 : n;
@@ -336,7 +340,7 @@ void concretize_backward_impl(const T* gop, const T* lp, const T* lo, const T* u
   using acc_t = at::acc_type<T, false>;
   const int64_t S = d.S, K = d.K, B = d.B, M = d.M, N = d.N;
   const bool shared = M == 1 && N > 1;
-  at::parallel_for(0, shared ? B : N * B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, shared ? B : N * B, row_grain((shared ? N : 1) * K * S), [&](int64_t begin, int64_t end) {
     std::vector<T> cr(2 * S);
     T* c = cr.data();
     T* rho = c + S;
