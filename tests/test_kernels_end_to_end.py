@@ -220,3 +220,14 @@ def test_a_modified_box_is_not_read_from_x():
     ref = R.interval_conv2d(lower, upper, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, False)
     torch.testing.assert_close(got[0], ref[0], **TIGHT)
     torch.testing.assert_close(got[1], ref[1], **TIGHT)
+
+
+def test_other_dtypes_fall_back_to_the_reference_ops():
+    """The kernels take float32 / float64; the compiled set hands bfloat16 to the reference ops."""
+    net, x, y = case("mlp", 10)
+    net, x = net.to(torch.bfloat16), x.to(torch.bfloat16)
+    bnet = gmbound.BoundedSequential(net)
+    a = bnet.bounds(x, [0.05, 0.1], method="crown-ibp", x_min=0.0, x_max=1.0, backend="cpu")
+    b = bnet.bounds(x, [0.05, 0.1], method="crown-ibp", x_min=0.0, x_max=1.0, backend="reference")
+    # the same ops, summed in another order: bfloat16 rounding (8 significant bits) apart
+    torch.testing.assert_close(a.lower.float(), b.lower.float(), rtol=2e-2, atol=2e-2 * float(b.lower.abs().max()))

@@ -7,7 +7,8 @@
   the reference (with one warning when the extension is missing altogether).
 
 Both kinds of primitive set satisfy one contract, so the drivers in ``gmbound.propagation`` run
-unchanged on either; the compiled kernels take float32 and float64.
+unchanged on either. The compiled kernels take float32 and float64; the compiled set hands
+other dtypes (float16, bfloat16) to the reference ops.
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def get_primitives(backend: str, device: Union[torch.device, str]) -> ModuleType
             return _compiled()
         if not _extension.available():
             _extension.warn_missing_once()
+        elif device.type == "cuda":
+            _extension.warn_missing_once("gmbound._C was built without CUDA kernels (no nvcc at build time); "
+                                         f"rebuild with CUDA_HOME set: {_extension.BUILD_HINT}")
         return reference_primitives
     # an explicit device backend: refuse rather than silently fall back
     if not _extension.available():

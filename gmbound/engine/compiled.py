@@ -32,6 +32,12 @@ interval_channel_affine = _ref.interval_channel_affine
 channel_affine_backward = _ref.channel_affine_backward
 
 _BOX_TAG = "_gmbound_input_box"
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def _kernels_take(t: torch.Tensor) -> bool:
+    """The kernels take float32 / float64; other dtypes go to the reference ops."""
+    return t.dtype in _KERNEL_DTYPES
 
 
 # ----------------------------------------------------------------------------- input box
@@ -59,6 +65,8 @@ def _box_source(lower: torch.Tensor, upper: torch.Tensor):
 
 # ----------------------------------------------------------------------------- IBP steps
 def interval_linear(lower, upper, weight, bias, relu_input):
+    if not _kernels_take(lower):
+        return _ref.interval_linear(lower, upper, weight, bias, relu_input)
     source = None if relu_input else _box_source(lower, upper)
     if source is not None:
         x, radii, x_min, x_max = source
@@ -68,6 +76,8 @@ def interval_linear(lower, upper, weight, bias, relu_input):
 
 
 def interval_conv2d(lower, upper, weight, bias, stride, padding, dilation, relu_input):
+    if not _kernels_take(lower):
+        return _ref.interval_conv2d(lower, upper, weight, bias, stride, padding, dilation, relu_input)
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     source = None if relu_input else _box_source(lower, upper)
     if source is not None:
@@ -79,15 +89,21 @@ def interval_conv2d(lower, upper, weight, bias, stride, padding, dilation, relu_
 
 # ----------------------------------------------------------------------------- CROWN steps
 def relu_backward(lam, lower, upper):
+    if not _kernels_take(lam):
+        return _ref.relu_backward(lam, lower, upper)
     return _ops.relu_relax(lam, lower, upper)
 
 
 def linear_backward(lam, weight, bias):
+    if not _kernels_take(lam):
+        return _ref.linear_backward(lam, weight, bias)
     lam_in, term = _ops.crown_linear_step(lam, None, None, weight, bias)
     return lam_in, (term if bias is not None else None)
 
 
 def conv2d_backward(lam, weight, bias, stride, padding, dilation, output_padding):
+    if not _kernels_take(lam):
+        return _ref.conv2d_backward(lam, weight, bias, stride, padding, dilation, output_padding)
     lam_in, term = _ops.crown_conv2d_step(lam, None, None, weight, bias, list(stride), list(padding),
                                           list(dilation), list(output_padding))
     return lam_in, (term if bias is not None else None)
@@ -99,6 +115,14 @@ def relu_affine_backward(lam, lower, upper, op, in_shape, out_shape):
     ``in_shape`` / ``out_shape``: per-sample input and output shapes of ``op``.
     Returns Lambda on the op's input and the bias term, as the two reference steps together do.
     """
+    if not _kernels_take(lam):
+        lam, term = _ref.relu_backward(lam, lower, upper)
+        if isinstance(op, LinearOp):
+            lam, t2 = _ref.linear_backward(lam, op.weight, op.bias)
+        else:
+            out_pad = conv_output_padding(op, tuple(in_shape[1:]), tuple(out_shape[1:]))
+            lam, t2 = _ref.conv2d_backward(lam, op.weight, op.bias, op.stride, op.padding, op.dilation, out_pad)
+        return lam, (term if t2 is None else term + t2)
     if isinstance(op, LinearOp):
         return _ops.crown_linear_step(lam, lower, upper, op.weight, op.bias)
     if isinstance(op, Conv2dOp):
@@ -109,4 +133,6 @@ def relu_affine_backward(lam, lower, upper, op, in_shape, out_shape):
 
 
 def concretize(lam, lower, upper, relu_input):
+    if not _kernels_take(lam):
+        return _ref.concretize(lam, lower, upper, relu_input)
     return _ops.concretize(lam, lower, upper, relu_input)
