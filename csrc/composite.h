@@ -119,8 +119,10 @@ inline Tensor empty_layout(at::IntArrayRef sizes, const at::TensorOptions& opt, 
       .view(sizes);
 }
 
-// Weights: oneDNN picks channels-last from the data alone and reorders weights itself.
-inline Tensor weight_layout(const Tensor& w, bool /*cl*/) { return w.contiguous(); }
+// Weights in the data's layout: ATen would otherwise reorder them on every convolution call.
+inline Tensor weight_layout(const Tensor& w, bool cl) {
+  return cl ? w.contiguous(at::MemoryFormat::ChannelsLast) : w.contiguous();
+}
 
 // A 4-D convolution operand as the convolution should see it: with one channel both layouts
 // coincide in memory, but only channels-last strides make oneDNN produce channels-last output.
@@ -294,7 +296,7 @@ struct Ops {
       if (mask[0]) g_l = like(a, lower);
       if (mask[1]) g_u = like(b, upper);
     }
-    if (mask[2]) g_w = like(gwc + weight.sign() * gwr, weight);
+    if (mask[2]) g_w = like(gwc + w.sign() * gwr, weight);
     if (mask[3] && has_bias) g_b = gb;
     return {g_l, g_u, g_w, g_b};
   }
