@@ -122,7 +122,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
     from .certify import certify, write_certify
     from .checkpoint import build_model_from_checkpoint, load_checkpoint
-    from .evaluate import checkpoint_label, test_loader_for
+    from .evaluate import checkpoint_label, eval_loader_for
     from .train import resolve_device
 
     if args.threads:
@@ -132,7 +132,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     if args.data_dir:
         cfg["data"]["dir"] = args.data_dir
     subset = args.test_subset if args.test_subset is not None else cfg["data"]["test_subset"]
-    loader = test_loader_for(cfg, subset, args.batch_size)
+    loader = eval_loader_for(cfg, subset, args.batch_size)
     model = build_model_from_checkpoint(ckpt)
     mi = ckpt["model_info"]
     verifiers = parse_verifiers(args.verifiers, "--verifiers")

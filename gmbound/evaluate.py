@@ -253,7 +253,7 @@ def unsound_message(result: EvalResult) -> str:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def test_loader_for(cfg: dict, subset: Optional[int], batch_size: int) -> DataLoader:
+def eval_loader_for(cfg: dict, subset: Optional[int], batch_size: int) -> DataLoader:
     """The test split named by a run's config (first ``subset`` samples)."""
     from .data import load_dataset
 
@@ -287,7 +287,7 @@ def evaluate_checkpoint(path: str | Path, ecfg: dict, *, data_dir: Optional[str]
     model = build_model_from_checkpoint(ckpt)
     mi = ckpt["model_info"]
     subset = ecfg["test_subset"] if ecfg["test_subset"] is not None else cfg["data"]["test_subset"]
-    loader = test_loader_for(cfg, subset, ecfg["batch_size"])
+    loader = eval_loader_for(cfg, subset, ecfg["batch_size"])
     dtype = torch.float64 if ecfg["dtype"] == "float64" else torch.float32
     t0 = time.time()
     result = evaluate(model, loader, parse_eps_grid(ecfg["eps_grid"]), verifiers=ecfg["verifiers"],

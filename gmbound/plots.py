@@ -24,10 +24,10 @@ def plot_drawdown(results: Sequence[Mapping[str, Any]], path: str | Path, title:
     for k, res in enumerate(results):
         c = colours[k % len(colours)]
         label = res.get("meta", {}).get("label") or f"model {k + 1}"
-        verifiers = "+".join(res.get("verified_error", {}).keys()) or "?"
+        verifiers = ", ".join(res.get("verified_error", {}).keys()) or "?"
         eps = res["eps"]
         ax.plot(eps, [100 * v for v in res["verified_error_any"]], "-", color=c, lw=2,
-                label=f"{label}: verified ({verifiers})")
+                label=f"{label}: verified (any of {verifiers})")
         ax.plot(eps, [100 * v for v in res["pgd_error"]], "--", color=c, lw=1.5, label=f"{label}: PGD (total)")
         if per_verifier:
             for style, (v, errs) in zip((":", "-.", (0, (1, 3))), res.get("verified_error", {}).items()):
@@ -39,7 +39,7 @@ def plot_drawdown(results: Sequence[Mapping[str, Any]], path: str | Path, title:
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -256,7 +256,7 @@ class EpochLog:
 
 
 @torch.no_grad()
-def test_errors(net: BoundedSequential, loader: DataLoader, eps: float, verifier: str, device: torch.device,
+def heldout_errors(net: BoundedSequential, loader: DataLoader, eps: float, verifier: str, device: torch.device,
                 x_min: float, x_max: float, backend: str = "auto") -> tuple[float, float]:
     """Natural and verified error on a loader at one radius (the per-epoch check)."""
     was_training = net.model.training
@@ -396,7 +396,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
             if ctx.is_main:
                 every = tcfg["test_every"]
                 if every and (epoch % every == 0 or epoch == tcfg["epochs"]):
-                    nat, ver = test_errors(net, test_loader, tcfg["eps"], tcfg["test_verifier"], device,
+                    nat, ver = heldout_errors(net, test_loader, tcfg["eps"], tcfg["test_verifier"], device,
                                            x_min, x_max, tcfg["backend"])
                     row.update(test_natural_error=nat, test_verified_error=ver,
                                test_verifier=tcfg["test_verifier"], test_eps=tcfg["eps"])

@@ -94,7 +94,7 @@ def test_trained_checkpoint_is_sound_and_matches_the_model(tmp_path):
     res = evaluate_checkpoint(run.checkpoint, ecfg)
     assert res.sound and res.n_samples == 64
     assert res.meta["method"] == "gm-crown-ibp" and res.meta["epochs"] == 2 and res.meta["train_eps"] == 0.05
-    again = evaluate(run.model, ev.test_loader_for(cfg, 64, 256), res.eps, verifiers=["ibp", "crown-ibp"],
+    again = evaluate(run.model, ev.eval_loader_for(cfg, 64, 256), res.eps, verifiers=["ibp", "crown-ibp"],
                      pgd_steps=10)
     assert again.verified_error == res.verified_error and again.standard_error == res.standard_error
 
