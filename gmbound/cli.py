@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.resume:  # --config F --resume RUN_DIR
             cfg["out_dir"] = str(Path(args.resume).parent if Path(args.resume).is_file() else args.resume)
     result = train(cfg, resume=resume, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     state = "stopped after" if result.stopped_early else "finished"
     print(f"{state} epoch {result.epochs_done}/{cfg['train']['epochs']} in {result.seconds:.1f}s; "
           f"checkpoint: {result.checkpoint}; log: {result.out_dir / 'log.csv'}")

@@ -378,7 +378,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
                 sums += torch.tensor([float(result.loss.detach()) * b, float(result.natural_error) * b, ver * b, b],
                                      dtype=torch.float64)
                 if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{float(result.loss):.3f}", err=f"{float(result.natural_error):.3f}",
+                    bar.set_postfix(loss=f"{float(result.loss.detach()):.3f}", err=f"{float(result.natural_error):.3f}",
                                     verr=f"{ver:.3f}", eps=f"{values.eps:.4f}", refresh=False)
             if ctx.enabled:
                 import torch.distributed as dist
