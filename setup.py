@@ -8,18 +8,43 @@ extension matches it. Environment switches:
 * ``GMBOUND_CUDA=1`` / ``GMBOUND_CUDA=0``: force / skip the CUDA kernels (default: build them
   when nvcc is found through ``CUDA_HOME``);
 * ``GMBOUND_DEBUG=1``: ``-O0 -g`` instead of ``-O3``;
-* ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"9.0"``): the GPU architectures to compile for;
+* ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"8.0;9.0"``): the GPU architectures to compile for (default:
+  the visible GPUs', or ``9.0`` when none is visible);
 * ``MAX_JOBS``: parallel compile jobs for ninja.
 """
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 
 from setuptools import setup
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+def _toolkit_root() -> str | None:
+    """The CUDA toolkit that ``nvcc`` on PATH belongs to.
+
+    torch guesses CUDA_HOME as the parent of nvcc's directory; with a wrapper or link such as
+    /usr/local/bin/nvcc that gives /usr/local, where the link step finds no libcudart. Keep the
+    first candidate that really holds a toolkit (headers and nvcc).
+    """
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    for root in candidates:
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime.h")) and \
+                os.path.exists(os.path.join(root, "bin", "nvcc")):
+            return root
+    return None
+
+
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+    _root = _toolkit_root()
+    if _root:
+        os.environ["CUDA_HOME"] = _root  # read by torch.utils.cpp_extension at import
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,6 +78,12 @@ def extensions():
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(HERE, "csrc")])
     if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            # torch infers the architectures from the visible GPUs and fails when there are none
+            # (a build machine or CI with nvcc but no GPU): default to Hopper, our target.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+            print("gmbound: no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling CUDA kernels for "
+                  "sm_90 (H100/H200); set TORCH_CUDA_ARCH_LIST to choose others")
         sources += _sources("csrc/cuda/*.cu")
         cxx.append("-DGMBOUND_WITH_CUDA")
         nvcc = opt + defines + ["-DGMBOUND_WITH_CUDA", "--expt-relaxed-constexpr",
