@@ -58,7 +58,13 @@ def _want_cuda() -> bool:
             raise RuntimeError("GMBOUND_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to it "
                                "(the directory holding bin/nvcc)")
         return True
-    return CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    if CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        return False
+    if not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")):
+        print(f"gmbound: nvcc found under {CUDA_HOME} but no CUDA headers there: building the CPU kernels "
+              "only (set CUDA_HOME to the toolkit to build the CUDA kernels)")
+        return False
+    return True
 
 
 def _sources(pattern: str) -> list[str]:
