@@ -232,3 +232,14 @@ def test_other_dtypes_fall_back_to_the_reference_ops():
     # the same ops, summed in another order: bfloat16 rounding (8 significant bits) apart
     lo_a, lo_b = a.lower.detach().float(), b.lower.detach().float()
     torch.testing.assert_close(lo_a, lo_b, rtol=2e-2, atol=2e-2 * float(lo_b.abs().max()))
+
+
+def test_inference_mode():
+    """Inference tensors carry no version counter: the compiled path must still run (and agree)."""
+    net, x, y = case("wide_cnn", 11)
+    bnet = gmbound.BoundedSequential(net)
+    with torch.inference_mode():
+        a = bnet.bounds(x, [0.05, 0.1], method="crown-ibp", x_min=0.0, x_max=1.0, backend="cpu")
+    b = bnet.bounds(x, [0.05, 0.1], method="crown-ibp", x_min=0.0, x_max=1.0, backend="reference")
+    torch.testing.assert_close(a.lower, b.lower.detach(), **TIGHT)
+    torch.testing.assert_close(a.upper, b.upper.detach(), **TIGHT)

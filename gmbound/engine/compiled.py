@@ -46,8 +46,11 @@ def input_box(x: torch.Tensor, radii: torch.Tensor, x_min: Optional[torch.Tensor
     """As the reference; the box remembers where it came from, so the first layer can read ``x``."""
     lower, upper = _ref.input_box(x, radii, x_min, x_max)
     source = (x, radii, x_min, x_max)
-    versions = tuple(t._version for t in (lower, upper) + source if t is not None)
-    setattr(lower, _BOX_TAG, (upper, source, versions))
+    tensors = tuple(t for t in (lower, upper) + source if t is not None)
+    # Inference tensors keep no version counter, so an in-place change could not be noticed:
+    # leave such boxes untagged (the first layer then reads the box like any other bounds).
+    if not any(t.is_inference() for t in tensors):
+        setattr(lower, _BOX_TAG, (upper, source, tuple(t._version for t in tensors)))
     return lower, upper
 
 
