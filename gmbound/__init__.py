@@ -8,6 +8,12 @@ Public API (see README.md):
 * ``gm_loss``, ``gm_radii``, ``radius_weights``, ``WEIGHT_SHAPES``, ``GMLossResult``: the GM loss
 * ``CrownIBPSchedule``, ``linear_ramp``, ``smooth_ramp``: CROWN-IBP's schedules
 * ``UnsupportedLayerError``, ``BoundInputError``: the errors bad input raises
+
+Beside it: ``gmbound.models`` (model zoo), ``gmbound.data`` (data sets), ``gmbound.train`` /
+``gmbound.evaluate`` / ``gmbound.certify`` (the ``gmbound`` command line) and ``gmbound.compat``
+(auto_LiRPA's ``BoundedModule`` / ``BoundedTensor`` / ``PerturbationLpNorm`` subset; see
+examples/README.md). ``gmbound.compat`` stays out of this namespace: its ``compute_bounds`` returns
+no radius axis, unlike ``gmbound.compute_bounds``.
 """
 from .bounded import METHODS, Bounds, BoundedSequential, compute_bounds
 from .layers import Normalize
