@@ -69,8 +69,14 @@ TORCH_LIBRARY(gmbound, m) {
 #define GMBOUND_TORCH_VERSION "unknown"
 #endif
 
-static struct PyModuleDef gmbound_module = {PyModuleDef_HEAD_INIT, "_C",
-                                            "gmbound compiled bound kernels (torch.ops.gmbound)", -1,
+static struct PyModuleDef gmbound_module = {PyModuleDef_HEAD_INIT,
+                                            "_C",
+                                            "gmbound compiled bound kernels (torch.ops.gmbound)",
+                                            -1,
+                                            nullptr,
+                                            nullptr,
+                                            nullptr,
+                                            nullptr,
                                             nullptr};
 
 PyMODINIT_FUNC PyInit__C(void) {
