@@ -1,7 +1,8 @@
 """``BoundedSequential``: the public front door for multi-radius bounds of a Sequential model."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+import contextlib
+from typing import Iterator, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -16,6 +17,26 @@ from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_
 METHODS = ("ibp", "crown-ibp", "crown")
 _METHOD_ALIASES = {"ibp": "ibp", "crown-ibp": "crown-ibp", "crown_ibp": "crown-ibp", "crownibp": "crown-ibp",
                    "crown": "crown", "full-crown": "crown"}
+
+
+@contextlib.contextmanager
+def strict_float32(enabled: bool = True) -> Iterator[None]:
+    """Switch TF32 off for cuDNN convolutions and cuBLAS products inside the block.
+
+    torch lets cuDNN run float32 convolutions in TF32 (10-bit mantissa) by default; bounds computed
+    that way can miss real outputs by far more than float32 rounding. Training may opt in
+    (``allow_tf32=True``); certification should not.
+    """
+    if not enabled:
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class Bounds(NamedTuple):
@@ -88,7 +109,7 @@ class BoundedSequential(nn.Module):
     def bounds(self, x: torch.Tensor, eps: RadiusLike, C: Optional[torch.Tensor] = None, *,
                method: str = "ibp", beta: Union[float, torch.Tensor] = 1.0,
                x_min: DomainLike = None, x_max: DomainLike = None, bound_upper: bool = True,
-               backend: str = "auto", crown_chunk: int = 512) -> Bounds:
+               backend: str = "auto", crown_chunk: int = 512, allow_tf32: bool = False) -> Bounds:
         """Bounds of ``C f(x')`` over ``||x' - x||_inf <= r`` (clipped to ``[x_min, x_max]``) for every radius.
 
         ``eps``: a number, a vector ``[N]`` or per-sample radii ``[N, B]``; ``C``: ``[B, K, n_out]`` or
@@ -96,7 +117,8 @@ class BoundedSequential(nn.Module):
         intermediate bounds, one CROWN pass from ``C``; ``beta`` mixes it with IBP:
         ``beta * CROWN-IBP + (1 - beta) * IBP``) or ``"crown"`` (full CROWN, for evaluation).
         Returns ``Bounds(lower, upper)`` of shape ``[N, B, K]`` (``[N, B, *out]`` when ``C`` is None);
-        ``upper`` is None when ``bound_upper=False`` (half the work).
+        ``upper`` is None when ``bound_upper=False`` (half the work). On CUDA, TF32 is switched off
+        for the call (strict float32) unless ``allow_tf32=True``.
         """
         ops = self._ops()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
@@ -104,7 +126,7 @@ class BoundedSequential(nn.Module):
             # train-mode BatchNorm: bound with this batch's statistics, leaving the running ones alone
             self._clean_forward(ops, x, update_running_stats=False)
         return self._bounds(ops, x, radii, lo, hi, C, _method(method), _check_beta(beta), bound_upper,
-                            backend, crown_chunk)
+                            backend, crown_chunk, allow_tf32)
 
     def _prepare(self, x, eps, x_min, x_max):
         check_input(x, self._first_param())
@@ -113,7 +135,13 @@ class BoundedSequential(nn.Module):
         check_domain(x, lo, hi)
         return x, radii, lo, hi
 
-    def _bounds(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk) -> Bounds:
+    def _bounds(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk,
+                allow_tf32: bool = False) -> Bounds:
+        with strict_float32(x.is_cuda and not allow_tf32):
+            return self._bounds_strict(ops, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk)
+
+    def _bounds_strict(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend,
+                       crown_chunk) -> Bounds:
         shapes = self._shapes(ops, x)
         out_shape = shapes[-1]
         n_out = 1
