@@ -35,17 +35,7 @@ def plot_drawdown(results: Sequence[Mapping[str, Any]], path: str | Path, title:
                         label=f"{label}: verified ({v})")
     ax.set_xlabel(r"$\epsilon_{eval}$ ($\ell_\infty$, pixels in [0, 1])")
     ax.set_ylabel("error (%)")
-    ax.set_ylim(0, 101)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, legend=dict(fontsize=7, loc="upper left"))
 
 
 def plot_certified_accuracy(curves: Sequence[Mapping[str, Any]], path: str | Path,
@@ -58,11 +48,16 @@ def plot_certified_accuracy(curves: Sequence[Mapping[str, Any]], path: str | Pat
         ax.plot(curve["radius"], [100 * a for a in curve["certified_accuracy"]], lw=2, label=curve["label"])
     ax.set_xlabel(r"radius $r$ ($\ell_\infty$, pixels in [0, 1])")
     ax.set_ylabel("certified accuracy (%)")
+    return _finish(plt, fig, ax, path, title, legend=dict(fontsize=8))
+
+
+def _finish(plt, fig, ax, path: str | Path, title: Optional[str], legend: dict) -> Path:
+    """Percent axis, grid, title and legend; write the PNG (creating its folder) and close the figure."""
     ax.set_ylim(0, 101)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(**legend)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
