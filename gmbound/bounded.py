@@ -1,4 +1,4 @@
-"""``BoundedSequential``: the public front door for multi-radius bounds of a Sequential model."""
+"""``BoundedSequential``: the public front door for multi-radius bounds of a model (a Sequential or any traced nn.Module)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +9,9 @@ from torch import nn
 
 from . import propagation
 from .engine import get_primitives
-from .network import BoundOp, ChannelAffineOp, build_ops, infer_shapes
+from .graph import BoundGraph
+from .network import build_graph
+from .ops import ChannelAffineOp
 from .specification import margin_spec
 from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_radii, check_domain,
                          check_input, check_labels, check_spec)
@@ -61,11 +63,13 @@ def _check_beta(beta: Union[float, torch.Tensor]) -> float:
 
 
 class BoundedSequential(nn.Module):
-    """Wraps an ``nn.Sequential`` (nested ones flattened) and bounds it for many radii at once.
+    """Wraps a model and bounds it for many radii at once.
 
-    Supported layers: ``Linear``, ``Conv2d`` (groups = 1), ``ReLU``, ``Flatten``,
-    ``BatchNorm1d/2d``, ``gmbound.Normalize``, ``Identity`` and eval-mode ``Dropout``;
-    anything else raises ``UnsupportedLayerError`` naming the layer and its index.
+    ``model``: an ``nn.Sequential`` (nested ones flattened) of the supported layers, or any
+    ``nn.Module`` whose forward torch.fx can trace into supported nodes (residual sums, average
+    pooling, ``F.relu``, ``view``, constants, ...; see ``gmbound.ops.registry``). Anything else
+    raises ``UnsupportedLayerError`` naming the layer and its index (Sequential) or the node, its
+    op and its source line (traced graph). ``BoundedNetwork`` is the same class.
     The wrapped model's parameters are used live: train it as usual.
 
     Soundness: in float64 the bounds contain every output of every point of the box up to
@@ -76,34 +80,32 @@ class BoundedSequential(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        build_ops(model)  # validate now, so an unsupported layer fails at construction
+        self._trace_cache: dict = {}
+        build_graph(model, self._trace_cache)  # validate now, so an unsupported layer fails at construction
         self.model = model
         self._shape_cache: dict[tuple, list[tuple[int, ...]]] = {}
 
     # ------------------------------------------------------------------ helpers
-    def _ops(self) -> list[BoundOp]:
-        """Fresh ops each call: cheap, and they see the modules' current train / eval modes."""
-        return build_ops(self.model)
+    def _graph(self) -> BoundGraph:
+        """Fresh graph each call (the trace itself is cached): they see the modules' current modes."""
+        return build_graph(self.model, self._trace_cache)
 
     def _first_param(self) -> Optional[torch.Tensor]:
         return next(iter(self.model.parameters()), None)
 
-    def _shapes(self, ops: list[BoundOp], x: torch.Tensor) -> list[tuple[int, ...]]:
-        key = (tuple(x.shape[1:]), x.dtype)
+    def _shapes(self, graph: BoundGraph, x: torch.Tensor) -> list[tuple[int, ...]]:
+        key = (tuple(x.shape[1:]), x.dtype, graph.signature())
         if key not in self._shape_cache:
-            self._shape_cache[key] = infer_shapes(ops, tuple(x.shape[1:]), x.dtype, x.device)
+            self._shape_cache[key] = graph.infer_shapes(tuple(x.shape[1:]))
         return self._shape_cache[key]
 
     @staticmethod
-    def _clean_forward(ops: list[BoundOp], x: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
-        a = x
-        for op in ops:
-            a = op.forward(a, update_running_stats)
-        return a
+    def _clean_forward(graph: BoundGraph, x: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
+        return graph.forward(x, update_running_stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's ordinary output."""
-        return self._clean_forward(self._ops(), x)
+        return self._clean_forward(self._graph(), x)
 
     # ------------------------------------------------------------------ bounds
     def bounds(self, x: torch.Tensor, eps: RadiusLike, C: Optional[torch.Tensor] = None, *,
@@ -120,12 +122,12 @@ class BoundedSequential(nn.Module):
         ``upper`` is None when ``bound_upper=False`` (half the work). On CUDA, TF32 is switched off
         for the call (strict float32) unless ``allow_tf32=True``.
         """
-        ops = self._ops()
+        graph = self._graph()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
-        if any(isinstance(op, ChannelAffineOp) and op.uses_batch_stats for op in ops):
+        if any(isinstance(op, ChannelAffineOp) and op.uses_batch_stats for op in graph.ops):
             # train-mode BatchNorm: bound with this batch's statistics, leaving the running ones alone
-            self._clean_forward(ops, x, update_running_stats=False)
-        return self._bounds(ops, x, radii, lo, hi, C, _method(method), _check_beta(beta), bound_upper,
+            self._clean_forward(graph, x, update_running_stats=False)
+        return self._bounds(graph, x, radii, lo, hi, C, _method(method), _check_beta(beta), bound_upper,
                             backend, crown_chunk, allow_tf32)
 
     def _prepare(self, x, eps, x_min, x_max):
@@ -135,15 +137,15 @@ class BoundedSequential(nn.Module):
         check_domain(x, lo, hi)
         return x, radii, lo, hi
 
-    def _bounds(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk,
+    def _bounds(self, graph, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk,
                 allow_tf32: bool = False) -> Bounds:
         with strict_float32(x.is_cuda and not allow_tf32):
-            return self._bounds_strict(ops, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk)
+            return self._bounds_strict(graph, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk)
 
-    def _bounds_strict(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend,
+    def _bounds_strict(self, graph, x, radii, lo, hi, C, method, beta, bound_upper, backend,
                        crown_chunk) -> Bounds:
-        shapes = self._shapes(ops, x)
-        out_shape = shapes[-1]
+        shapes = self._shapes(graph, x)
+        out_shape = shapes[graph.output]
         n_out = 1
         for s in out_shape:
             n_out *= s
@@ -151,10 +153,7 @@ class BoundedSequential(nn.Module):
         box = prims.input_box(x, radii, lo, hi)
         if C is None:
             if method == "ibp":  # plain intervals all the way: no specification needed
-                state = propagation.interval_pass(ops, propagation.IntervalState(0, *box), len(ops), prims)
-                lower, upper = state.lower, state.upper
-                if state.relu_pending:
-                    lower, upper = prims.relu_bounds(lower, upper)
+                lower, upper = propagation.output_intervals(graph, box, prims)
                 return Bounds(lower, upper if bound_upper else None)
             spec = torch.eye(n_out, dtype=x.dtype, device=x.device).expand(x.shape[0], n_out, n_out)
         else:
@@ -165,11 +164,11 @@ class BoundedSequential(nn.Module):
             spec = torch.cat([spec, -spec], dim=1)
         spec = spec.reshape(spec.shape[:2] + out_shape)
         if method == "crown":
-            lb = propagation.full_crown_bounds(ops, shapes, box, spec, prims, crown_chunk)
+            lb = propagation.full_crown_bounds(graph, shapes, box, spec, prims, crown_chunk)
         else:
             want_crown = method == "crown-ibp" and beta > 0
             want_ibp = method == "ibp" or beta < 1
-            res = propagation.spec_bounds(ops, shapes, box, spec, prims, want_ibp, want_crown)
+            res = propagation.spec_bounds(graph, shapes, box, spec, prims, want_ibp, want_crown)
             if not want_crown:
                 lb = res.ibp
             elif not want_ibp:
@@ -198,15 +197,15 @@ class BoundedSequential(nn.Module):
 
         The clean pass runs first, so train-mode BatchNorm layers bound with this batch's statistics.
         """
-        ops = self._ops()
+        graph = self._graph()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
-        logits = self._clean_forward(ops, x)
+        logits = self._clean_forward(graph, x)
         if logits.dim() != 2:
             raise BoundInputError(f"margin bounds need logits [B, n_classes]; the model outputs {tuple(logits.shape)}")
         n_classes = logits.shape[1]
         check_labels(y, x, n_classes)
         spec = margin_spec(y, n_classes, dtype=x.dtype)
-        margins = self._bounds(ops, x, radii, lo, hi, spec, _method(method), _check_beta(beta), False,
+        margins = self._bounds(graph, x, radii, lo, hi, spec, _method(method), _check_beta(beta), False,
                                backend, 512).lower
         return logits, margins
 
@@ -216,3 +215,6 @@ def compute_bounds(model: nn.Module, x: torch.Tensor, eps: RadiusLike, C: Option
     """Functional form of ``BoundedSequential(model).bounds(x, eps, C, **kwargs)``."""
     net = model if isinstance(model, BoundedSequential) else BoundedSequential(model)
     return net.bounds(x, eps, C, **kwargs)
+
+
+BoundedNetwork = BoundedSequential  # the same class: it bounds any supported nn.Module, not only Sequentials
