@@ -18,7 +18,10 @@ The subset (everything else raises ``UnsupportedFeatureError``, a ``NotImplement
 
 * ``BoundedModule(model, global_input, bound_opts=None, device="auto")``: ``model`` an ``nn.Sequential``
   (nested ones allowed) of Linear, Conv2d (groups=1, zero padding), ReLU, Flatten, BatchNorm1d/2d,
-  ``gmbound.Normalize``, Identity, eval-mode Dropout. No custom_ops, no multi-input models.
+  ``gmbound.Normalize``, AvgPool2d, AdaptiveAvgPool2d, Identity, eval-mode Dropout, or any
+  ``nn.Module`` whose forward torch.fx traces into these and residual sums, ``F.relu``, average
+  pooling, ``view`` / ``flatten`` and constants (``gmbound.ops.registry``). No custom_ops, no
+  multi-input models.
   ``bound_opts``: speed/memory options are ignored; ``relu`` must be ``"adaptive"`` (the default),
   ``ibp_relative`` and ``loss_fusion`` False; unknown keys are ignored with a warning.
 * ``PerturbationLpNorm(eps=0, norm=np.inf, x_L=None, x_U=None)``: only ``norm=np.inf``. The box is

@@ -14,15 +14,15 @@ from torch import nn
 
 from ..bounded import BoundedSequential
 from ..losses import GMLossResult, WeightShape, gm_loss as _native_gm_loss
-from ..network import UnsupportedLayerError, build_ops, infer_shapes
+from ..network import UnsupportedLayerError, build_graph
+from ..ops.registry import supported_layers
 from ..validation import BoundInputError
 from ._box import native_box, nested_boxes
 from .bounded_tensor import BoundedTensor
 from .errors import UnsupportedFeatureError
 from .perturbations import PerturbationLpNorm, is_default
 
-SUPPORTED_LAYERS = ("Linear", "Conv2d (groups=1, zero padding)", "ReLU", "Flatten", "BatchNorm1d/2d",
-                    "gmbound.Normalize", "Identity", "Dropout (eval mode)")
+SUPPORTED_LAYERS = supported_layers()
 
 # auto_LiRPA method names (case-insensitive) -> gmbound's, and those outside the subset.
 _IBP_NAMES = ("ibp",)
@@ -99,11 +99,13 @@ def _first_input(inputs) -> torch.Tensor:
 
 
 class BoundedModule(nn.Module):
-    """auto_LiRPA's ``BoundedModule`` for ``nn.Sequential`` models of gmbound's layers.
+    """auto_LiRPA's ``BoundedModule`` for models of gmbound's layers.
 
-    ``BoundedModule(model, global_input, bound_opts=None, device="auto")``. ``model`` must be an
-    ``nn.Sequential`` (nested ones allowed) of the layers in ``SUPPORTED_LAYERS``; anything else
-    raises ``gmbound.UnsupportedLayerError`` naming it. The model's own modules are registered
+    ``BoundedModule(model, global_input, bound_opts=None, device="auto")``. ``model``: an
+    ``nn.Sequential`` (nested ones allowed) of the layers in ``SUPPORTED_LAYERS``, or any
+    ``nn.Module`` whose forward torch.fx traces into them and the functions of
+    ``gmbound.ops.registry.supported_functions()`` (residual sums, average pooling, ``view``, ...);
+    anything else raises ``gmbound.UnsupportedLayerError`` naming the layer or traced node. The model's own modules are registered
     under their own names, so ``parameters()``, ``state_dict()`` and ``train()``/``eval()`` act on
     the model itself (a ``state_dict`` saved here loads into the plain model and back).
 
@@ -128,11 +130,6 @@ class BoundedModule(nn.Module):
             raise UnsupportedFeatureError("auto_batch_dim=False is outside gmbound.compat's subset "
                                           "(the batch axis is always the first)")
         self.bound_opts = check_bound_opts(bound_opts)
-        if not isinstance(model, nn.Sequential):
-            raise UnsupportedLayerError(
-                f"gmbound.compat.BoundedModule wraps nn.Sequential models; got {type(model).__name__}. auto_LiRPA "
-                "traces any forward(); gmbound.compat does not: write the model as an nn.Sequential of "
-                f"{', '.join(SUPPORTED_LAYERS)}")
         try:
             net = BoundedSequential(model)
         except UnsupportedLayerError as err:
@@ -156,7 +153,7 @@ class BoundedModule(nn.Module):
         return param.device if param is not None else torch.device("cpu")
 
     @property
-    def original_model(self) -> nn.Sequential:
+    def original_model(self) -> nn.Module:
         """The wrapped model (its parameters are this module's parameters)."""
         return self._model
 
@@ -170,7 +167,7 @@ class BoundedModule(nn.Module):
         param = next(self._model.parameters(), None)
         dtype = param.dtype if param is not None else x.dtype
         try:
-            infer_shapes(build_ops(self._model), tuple(x.shape[1:]), dtype, x.device)
+            build_graph(self._model).infer_shapes(tuple(x.shape[1:]))
         except ValueError as err:
             raise BoundInputError(f"global_input of shape {tuple(x.shape)} does not fit the model: {err}") from None
 
