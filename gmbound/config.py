@@ -375,7 +375,7 @@ def validate(cfg: dict, check_paths: bool = True) -> dict:
     if d["name"] != "embedded-mnist":
         if d["dir"] is None:
             raise ConfigError(f"config key 'data.dir' is required for dataset {d['name']!r} "
-                              "(a folder in torchvision's layout, e.g. data.dir=/work/shared/data)")
+                              "(a folder in torchvision's layout, e.g. data.dir=../shared/data)")
         if check_paths and not d["download"] and not Path(d["dir"]).expanduser().is_dir():
             raise ConfigError(f"config key 'data.dir': folder not found: {d['dir']} "
                               "(set data.download=true to fetch the dataset)")

@@ -181,3 +181,21 @@ def test_bad_checkpoint_files(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="garbage.pt"):
         load_checkpoint(tmp_path / "garbage.pt")
+
+
+def test_stochastic_train_verified_error_is_the_drawn_radius_fraction():
+    """Stochastic GRT logs the fraction of samples not certified at their own drawn radius."""
+    from gmbound.losses import GMLossResult
+    from gmbound.train import batch_verified_error, verified_error_kind
+
+    err = torch.tensor([0.0, 0.5, 1.0])
+    index = torch.tensor([0, 0, 0, 2])  # three samples at r_1 (all verified), one at r_3 (not)
+    z = torch.zeros(())
+    stochastic = GMLossResult(z, z, z, z, err, z, z, z, drawn_index=index)
+    assert batch_verified_error(stochastic) == pytest.approx(0.25)
+    exact = GMLossResult(z, z, z, z, err, z, z, z)
+    assert batch_verified_error(exact) == pytest.approx(1.0)
+    base = {"method": "gm-crown-ibp", "n_radii": 10, "stochastic": True}
+    assert verified_error_kind(base) == "drawn radius"
+    assert verified_error_kind({**base, "stochastic": False}) == "eps"
+    assert verified_error_kind({**base, "method": "crown-ibp"}) == "eps"
