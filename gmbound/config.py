@@ -69,8 +69,8 @@ DEFAULTS: dict[str, Any] = {
         "lr_gamma": 0.1,
         "grad_clip": None,       # max gradient norm; None: no clipping
         "eps": 0.3,              # eps_train (pixel space, [0, 1] images)
-        "warmup_epochs": 0,      # natural training before the eps ramp starts
-        "ramp_epochs": 1,        # eps ramps 0 -> eps over these epochs (per batch)
+        "warmup_epochs": 0,      # natural training before the eps ramp starts (fractions allowed)
+        "ramp_epochs": 1,        # eps ramps 0 -> eps over these epochs (per batch; fractions allowed)
         "ramp": "linear",        # linear or smooth (DeepMind's smoothed ramp)
         "kappa_start": 1.0,
         "kappa_end": 0.5,
@@ -110,6 +110,8 @@ _TYPES: dict[str, tuple] = {
     "data.test_subset": (int, type(None)),
     "model.hidden": (list, type(None)),
     "train.lr_milestones": (list,),
+    "train.warmup_epochs": (float,),  # fractions allowed: a short budget keeps CROWN-IBP's proportions
+    "train.ramp_epochs": (float,),
     "train.grad_clip": (float, type(None)),
     "train.tensorboard": (str, bool),
     "eval.eps_grid": (str, list),
