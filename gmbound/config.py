@@ -92,6 +92,8 @@ DEFAULTS: dict[str, Any] = {
         "pgd_steps": 20,
         "pgd_restarts": 1,
         "pgd_step_size": None,       # None: 2.5 * eps / steps
+        "pgd_loss": "ce",            # ce (cross-entropy) or margin (max_j f_j - f_y: the stronger attack)
+        "pgd_eps_grid": None,        # radii PGD attacks (a subset of eps_grid, e.g. a coarser one); None: all
         "batch_size": 256,
         "radii_chunk": 8,            # radii bounded per call (memory ~ chunk x batch)
         "test_subset": None,         # None: the data section's test set
@@ -117,6 +119,7 @@ _TYPES: dict[str, tuple] = {
     "eval.eps_grid": (str, list),
     "eval.verifiers": (list, str),
     "eval.pgd_step_size": (float, type(None)),
+    "eval.pgd_eps_grid": (str, list, type(None)),
     "eval.test_subset": (int, type(None)),
 }
 
@@ -324,6 +327,20 @@ def parse_verifiers(value: Any, key: str = "eval.verifiers") -> list[str]:
     return out
 
 
+def check_pgd_settings(e: Mapping[str, Any], prefix: str = "eval.") -> None:
+    """``pgd_loss`` is a known attack loss and ``pgd_eps_grid`` a subset of ``eps_grid``."""
+    from .attacks import LOSSES
+
+    _check(e["pgd_loss"] in LOSSES, f"{prefix}pgd_loss", f"must be one of {', '.join(LOSSES)}", e["pgd_loss"])
+    if e["pgd_eps_grid"] is None:
+        return
+    grid = parse_eps_grid(e["eps_grid"])
+    for p in parse_eps_grid(e["pgd_eps_grid"], f"{prefix}pgd_eps_grid"):
+        _check(any(abs(p - g) <= 1e-9 * max(1.0, g) for g in grid), f"{prefix}pgd_eps_grid",
+               f"radius {p:g} is not on {prefix}eps_grid (PGD runs at a subset of the verification radii)",
+               e["pgd_eps_grid"])
+
+
 def validate(cfg: dict, check_paths: bool = True) -> dict:
     """Check every key of a merged configuration; returns it with values coerced (ints to floats...)."""
     flat = flatten(cfg)
@@ -402,6 +419,7 @@ def validate(cfg: dict, check_paths: bool = True) -> dict:
            e["pgd_restarts"])
     _check(e["pgd_step_size"] is None or e["pgd_step_size"] > 0, "eval.pgd_step_size",
            "must be positive or null", e["pgd_step_size"])
+    check_pgd_settings(e)
     for key in ("batch_size", "radii_chunk", "crown_batch_size"):
         _check(e[key] >= 1, f"eval.{key}", "must be at least 1", e[key])
     _check(e["crown_max_neurons"] >= 0, "eval.crown_max_neurons", "must be non-negative",
