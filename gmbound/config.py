@@ -436,10 +436,25 @@ def out_dir(cfg: Mapping) -> Path:
 
 
 def config_diff(saved: Mapping, current: Mapping, ignore: Iterable[str] = RESUME_MUTABLE) -> list[str]:
-    """Dotted keys whose values differ between two configurations (``ignore`` left out)."""
+    """Dotted keys whose values differ between two configurations (``ignore`` left out).
+
+    A key missing on one side counts as its default, so a run saved before a new key existed
+    still resumes under the default (which reproduces the old behaviour). The ``eval`` section
+    never blocks a resume: it does not touch training.
+    """
     a, b = flatten(saved), flatten(current)
     skip = set(ignore)
-    return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
+
+    def value(flat: Mapping[str, Any], key: str) -> Any:
+        if key in flat:
+            return flat[key]
+        try:
+            return _get(DEFAULTS, key)
+        except KeyError:
+            return None
+
+    return sorted(k for k in set(a) | set(b)
+                  if k not in skip and not k.startswith("eval.") and value(a, k) != value(b, k))
 
 
 def dump_yaml(cfg: Mapping) -> str:
