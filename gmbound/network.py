@@ -72,12 +72,18 @@ def is_plain_sequential(model: nn.Module) -> bool:
     return all(is_plain_sequential(m) for m in model.children() if isinstance(m, nn.Sequential))
 
 
+def _chain_of_layers(model: nn.Sequential) -> bool:
+    """Every member is a layer (known, or a torch.nn layer to be refused by name), not a model of its own to trace."""
+    return all(module_rule(m) is not None or type(m).__module__.startswith("torch.nn")
+               for m in flatten_modules(model))
+
+
 def build_graph(model: Union[nn.Module, Iterable[nn.Module]], tracer_cache: Optional[dict] = None) -> BoundGraph:
     """The bound graph of ``model``: a chain for a plain Sequential, the torch.fx trace otherwise.
 
     ``tracer_cache``: a dict kept by the caller, so a model is traced once while its modules stay the same.
     """
-    if isinstance(model, (list, tuple)) or is_plain_sequential(model):
+    if isinstance(model, (list, tuple)) or (is_plain_sequential(model) and _chain_of_layers(model)):
         return BoundGraph.chain(build_ops(model))
     if not isinstance(model, nn.Module):
         raise UnsupportedLayerError(f"gmbound bounds nn.Module models; got {type(model).__name__}")

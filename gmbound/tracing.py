@@ -9,6 +9,7 @@ control flow cannot be traced at all; that error names the line too.
 """
 from __future__ import annotations
 
+import operator
 import os
 import re
 from typing import Any, Optional
@@ -72,18 +73,18 @@ def _node_location(node: fx.Node) -> str:
 
 
 def _target_name(node: fx.Node, model: nn.Module) -> str:
+    """``conv1 = Conv2d``, ``Tensor.view``, ``torch.cat``, ``operator.mul``, ``torch.nn.functional.relu``."""
     t = node.target
     if node.op == "call_module":
         return f"{t} = {type(model.get_submodule(t)).__name__}"
     if node.op == "call_method":
         return f"Tensor.{t}"
-    mod = getattr(t, "__module__", None) or ""
-    name = getattr(t, "__name__", repr(t))
-    if mod in ("_operator", "operator"):
+    mod = getattr(t, "__module__", None) or "torch"
+    if mod.startswith("torch._C"):
+        mod = "torch"
+    elif mod == "_operator":
         mod = "operator"
-    elif mod.startswith("torch.nn.functional") or name in dir(torch.nn.functional) and mod.startswith("torch"):
-        mod = "torch.nn.functional" if hasattr(torch.nn.functional, name) else mod
-    return f"{mod}.{name}" if mod else name
+    return f"{mod}.{getattr(t, '__name__', repr(t))}"
 
 
 def describe(node: fx.Node, model: nn.Module) -> str:
@@ -164,7 +165,7 @@ def convert(graph: fx.Graph, model: nn.Module) -> BoundGraph:
             output = int(out)
             continue
         args, kwargs = resolve(n.args), resolve(n.kwargs)
-        shape_value = _shape_node(n, args)
+        shape_value = _shape_node(n, args, where)
         if shape_value is not None:
             value[n] = shape_value
             continue
@@ -211,7 +212,7 @@ def _pruned(graph: BoundGraph) -> BoundGraph:
     return BoundGraph(nodes, new[graph.output])
 
 
-def _shape_node(n: fx.Node, args: tuple) -> Any:
+def _shape_node(n: fx.Node, args: tuple, where: str) -> Any:
     """``x.size(0)``, ``x.shape``, ``x.shape[0]``, ``x.size()``: the batch size (or a shape to index); else None."""
     if n.op == "call_method" and n.target == "size" and args and isinstance(args[0], TensorArg):
         dim = args[1] if len(args) > 1 else n.kwargs.get("dim")
@@ -219,24 +220,17 @@ def _shape_node(n: fx.Node, args: tuple) -> Any:
             return _SHAPE
         if dim == 0:
             return BATCH
-        raise UnsupportedLayerError(f"{describe_plain(n)}: only the batch size x.size(0) of a traced tensor can be "
+        raise UnsupportedLayerError(f"{where}: only the batch size x.size(0) of a traced tensor can be "
                                     "used (other sizes would make the graph depend on shapes gmbound does not track)")
     if n.op == "call_function" and n.target is getattr and len(args) == 2 and isinstance(args[0], TensorArg):
         if args[1] == "shape":
             return _SHAPE
     if n.op == "call_function" and args and args[0] is _SHAPE:
-        import operator
-
         if n.target is operator.getitem and args[1] == 0:
             return BATCH
-        raise UnsupportedLayerError(f"{describe_plain(n)}: only the batch entry x.shape[0] of a traced shape can be "
+        raise UnsupportedLayerError(f"{where}: only the batch entry x.shape[0] of a traced shape can be "
                                     "used")
     return None
-
-
-def describe_plain(n: fx.Node) -> str:
-    loc = _node_location(n)
-    return f"node '{n.name}' ({n.op} {n.target})" + (f" at {loc}" if loc else "")
 
 
 def _check_inplace(n: fx.Node, where: str) -> None:

@@ -21,7 +21,7 @@ from .affine import ChannelAffineOp, Conv2dOp, LinearOp
 from .base import BoundOp, UnsupportedLayerError
 from .elementwise import AddOp, ConstantAffineOp
 from .pooling import AvgPool2dOp
-from .shape import FlattenOp, IdentityOp, ReshapeOp
+from .shape import FlattenOp, IdentityOp, PadOp, ReshapeOp
 
 
 # ============================================================================ modules
@@ -251,6 +251,27 @@ def _identity(call: Call) -> Built:
     return None
 
 
+def _pad(call: Call) -> Built:
+    pad, mode, value = call.arg(1, "pad"), call.arg(2, "mode", "constant"), call.arg(3, "value", None)
+    if mode != "constant" or value not in (None, 0, 0.0):
+        raise call.refuse(f"padding with mode={mode!r}, value={value!r}: only zero padding is supported")
+    if not isinstance(pad, (tuple, list)) or len(pad) % 2 or any(not isinstance(p, int) or p < 0 for p in pad):
+        raise call.refuse(f"pad={pad!r}: give non-negative integers, two per padded dimension")
+    return PadOp(None, call.where, tuple(pad)), [call.arg(0, "input")]
+
+
+def _getitem(call: Call) -> Built:
+    """``x[:, :, ::s, ::t]`` (a strided subsampling of images: a 1x1 average pooling with that stride)."""
+    index = call.arg(1, "index")
+    full = slice(None)
+    if (isinstance(index, tuple) and len(index) == 4 and index[0] == full and index[1] == full
+            and all(isinstance(i, slice) and i.start is None and i.stop is None for i in index[2:])):
+        steps = tuple(1 if i.step is None else i.step for i in index[2:])
+        if all(isinstance(st, int) and st >= 1 for st in steps):
+            return AvgPool2dOp(None, call.where, kernel=1, stride=steps), [call.arg(0, "input")]
+    raise call.refuse(f"indexing with {index!r} is not supported (only the strided subsampling x[:, :, ::s, ::t])")
+
+
 @dataclass(frozen=True)
 class FunctionRule:
     build: Callable[[Call], Built]
@@ -275,6 +296,8 @@ FUNCTION_RULES: dict[Any, FunctionRule] = {
     torch.reshape: _RESHAPE,
     F.avg_pool2d: FunctionRule(_avg_pool_fn, "F.avg_pool2d"),
     F.adaptive_avg_pool2d: FunctionRule(_adaptive_pool_fn, "F.adaptive_avg_pool2d"),
+    F.pad: FunctionRule(_pad, "F.pad with zeros"),
+    operator.getitem: FunctionRule(_getitem, "x[:, :, ::s, ::t]"),
 }
 METHOD_RULES: dict[str, FunctionRule] = {
     "add": _ADD, "sub": _SUB, "mul": _MUL, "div": _DIV, "neg": _NEG, "relu": _RELU,

@@ -73,3 +73,39 @@ class IdentityOp(BoundOp):
 
     def backward(self, prims, lam, in_shapes, out_shape, pre):
         return [lam], None
+
+
+class PadOp(BoundOp):
+    """Zero padding of the last dimensions (``F.pad(x, pad)``, constant 0), e.g. a shortcut's extra channels.
+
+    Padding commutes with ReLU (``relu(0) = 0``), so a pending ReLU passes through; CROWN crops Lambda.
+    """
+
+    kind = "diagonal"
+
+    def __init__(self, module, where: str, pad: tuple[int, ...]):
+        super().__init__(module, where)
+        self.pad = tuple(int(p) for p in pad)
+
+    def forward(self, a: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
+        return torch.nn.functional.pad(a, self.pad)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        n = len(self.pad) // 2
+        if n > len(in_shape):
+            raise ValueError(f"{self.where} pads {n} dimensions of a per-sample shape {in_shape}")
+        out = list(in_shape)
+        for d in range(n):  # pad lists the last dimension first
+            out[-1 - d] += self.pad[2 * d] + self.pad[2 * d + 1]
+        return tuple(out)
+
+    def interval(self, prims, a: Interval) -> Interval:
+        pad = torch.nn.functional.pad
+        return Interval(pad(a.lower, self.pad), pad(a.upper, self.pad), a.relu_pending)
+
+    def backward(self, prims, lam, in_shapes, out_shape, pre):
+        index = [slice(None)] * lam.dim()
+        for d in range(len(self.pad) // 2):
+            size = out_shape[-1 - d]
+            index[lam.dim() - 1 - d] = slice(self.pad[2 * d], size - self.pad[2 * d + 1])
+        return [lam[tuple(index)]], None
