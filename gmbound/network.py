@@ -20,7 +20,7 @@ from torch import nn
 from .graph import BoundGraph
 from .ops import (BoundOp, ChannelAffineOp, Conv2dOp, FlattenOp, LinearOp, ReLUOp, UnsupportedLayerError,
                   conv_output_padding)
-from .ops.registry import module_rule, supported_layers
+from .ops.registry import build_module_op, module_rule
 
 __all__ = ["UnsupportedLayerError", "BoundOp", "LinearOp", "Conv2dOp", "ChannelAffineOp", "ReLUOp", "FlattenOp",
            "conv_output_padding", "flatten_modules", "build_ops", "build_graph", "infer_shapes", "is_plain_sequential"]
@@ -41,12 +41,7 @@ def flatten_modules(model: Union[nn.Module, Iterable[nn.Module]]) -> list[nn.Mod
 
 
 def _convert(index: int, module: nn.Module) -> Optional[BoundOp]:
-    where = f"{type(module).__name__} at index {index}"
-    rule = module_rule(module)
-    if rule is None:
-        raise UnsupportedLayerError(
-            f"{where} is not supported; gmbound bounds Sequentials of {', '.join(supported_layers())}")
-    return rule.build(module, where)
+    return build_module_op(module, f"{type(module).__name__} at index {index}", "Sequentials")
 
 
 def build_ops(model: Union[nn.Module, Iterable[nn.Module]]) -> list[BoundOp]:

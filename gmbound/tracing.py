@@ -20,8 +20,8 @@ from torch import nn
 
 from .graph import BoundGraph, Node
 from .ops.base import UnsupportedLayerError
-from .ops.registry import (BATCH, Call, ConstArg, TensorArg, function_rule, module_rule, supported_functions,
-                           supported_layers)
+from .ops.registry import (BATCH, Call, ConstArg, TensorArg, build_module_op, function_rule, module_rule,
+                           supported_functions, supported_layers)
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n\s*(?P<code>[^\n]*)')
@@ -171,15 +171,12 @@ def convert(graph: fx.Graph, model: nn.Module) -> BoundGraph:
             continue
         if n.op == "call_module":
             module = model.get_submodule(n.target)
-            rule = module_rule(module)
-            if rule is None:
-                raise UnsupportedLayerError(f"{where} is not supported; gmbound bounds {', '.join(supported_layers())}"
-                                            f" and the functions {', '.join(supported_functions())}")
+            op = build_module_op(module, where, "traced graphs")
             if len(args) != 1 or kwargs or not isinstance(args[0], TensorArg):
                 raise UnsupportedLayerError(f"{where}: a layer must take one traced tensor, got {args!r} {kwargs!r}")
             if getattr(module, "inplace", False):
                 _check_inplace(n, where)
-            op, inputs = rule.build(module, where), [args[0]]
+            inputs = [args[0]]
         else:
             rule = function_rule(n.op, n.target)
             if rule is None:

@@ -145,7 +145,7 @@ def test_strided_subsampling_and_zero_padding_by_hand():
     b = gmbound.BoundedSequential(OptionAShortcut())
     picked = (x[:, :, ::2, ::2] + torch.tensor([-1.0, 1.0], dtype=torch.float64).view(2, 1, 1, 1, 1)).clamp_min(0)
     zeros = torch.zeros(2, 1, 1, 2, 2, dtype=torch.float64)
-    expect = torch.cat([zeros, picked.unsqueeze(1), zeros], dim=2).flatten(2)  # [2 (lower, upper), 1, 12]
+    expect = torch.cat([zeros, picked, zeros], dim=2).flatten(2)  # [2 (lower, upper), 1, 12]
     for method in METHODS:  # the picked inputs -4, -2, 2, 4 (+- 1) are stable ReLUs: every method is exact
         bb = b.bounds(x, 1.0, method=method)
         assert torch.equal(bb.lower[0], expect[0]) and torch.equal(bb.upper[0], expect[1]), method

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from .affine import ChannelAffineOp, Conv2dOp, LinearOp
 from .base import BoundOp, UnsupportedLayerError
 from .elementwise import AddOp, ConstantAffineOp
 from .pooling import AvgPool2dOp
-from .shape import FlattenOp, IdentityOp, PadOp, ReshapeOp
+from .shape import FlattenOp, PadOp, ReshapeOp
 
 
 # ============================================================================ modules
@@ -111,6 +111,20 @@ def module_rule(module: nn.Module) -> Optional[ModuleRule]:
         if isinstance(module, rule.types):
             return rule
     return None
+
+
+def build_module_op(module: nn.Module, where: str, front_end: str) -> Optional[BoundOp]:
+    """The bound op of a layer (None: a no-op), for either front end; every check of a layer lives here.
+
+    ``front_end``: ``"Sequentials"`` or ``"traced graphs"`` (only for the error message).
+    """
+    rule = module_rule(module)
+    if rule is None:
+        raise UnsupportedLayerError(f"{where} is not supported; gmbound bounds {front_end} of "
+                                    f"{', '.join(supported_layers())}"
+                                    + (f" and the functions {', '.join(supported_functions())}"
+                                       if front_end != "Sequentials" else ""))
+    return rule.build(module, where)
 
 
 def supported_layers() -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Ops that only move entries around: Flatten, reshape / view, and the identity."""
+"""Ops that only move entries around: Flatten, reshape / view, zero padding."""
 from __future__ import annotations
 
 import torch
@@ -58,21 +58,6 @@ class ReshapeOp(BoundOp):
 
     def backward(self, prims, lam, in_shapes, out_shape, pre):
         return [lam.reshape(lam.shape[:3] + tuple(in_shapes[0]))], None
-
-
-class IdentityOp(BoundOp):
-    """The identity (``nn.Identity``, eval-mode ``Dropout`` inside a traced graph)."""
-
-    kind = "diagonal"
-
-    def forward(self, a: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
-        return a
-
-    def interval(self, prims, a: Interval) -> Interval:
-        return a
-
-    def backward(self, prims, lam, in_shapes, out_shape, pre):
-        return [lam], None
 
 
 class PadOp(BoundOp):
