@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
 
 from . import propagation
-from .engine import get_primitives
+from .engine import chunking, get_primitives, tile_budget
 from .graph import BoundGraph
 from .network import build_graph
-from .ops import ChannelAffineOp
+from .ops import ChannelAffineOp, UnsupportedLayerError
 from .specification import margin_spec
 from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_radii, check_domain,
                          check_input, check_labels, check_spec)
@@ -19,6 +20,9 @@ from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_
 METHODS = ("ibp", "crown-ibp", "crown")
 _METHOD_ALIASES = {"ibp": "ibp", "crown-ibp": "crown-ibp", "crown_ibp": "crown-ibp", "crownibp": "crown-ibp",
                    "crown": "crown", "full-crown": "crown"}
+
+
+_SHAPE_CACHE_SIZE = 64
 
 
 @contextlib.contextmanager
@@ -70,7 +74,10 @@ class BoundedSequential(nn.Module):
     pooling, ``F.relu``, ``view``, constants, ...; see ``gmbound.ops.registry``). Anything else
     raises ``UnsupportedLayerError`` naming the layer and its index (Sequential) or the node, its
     op and its source line (traced graph). ``BoundedNetwork`` is the same class.
-    The wrapped model's parameters are used live: train it as usual.
+    So does a layer that is not what its type says: a subclass replacing ``forward`` (in a
+    Sequential; a traced model is traced through it), a forward hook or pre-hook (on a layer, a
+    container or globally), or ``torch.nn.utils.prune`` pruning. The wrapped model's parameters
+    (and layers) are read at every call: train or edit it as usual.
 
     Soundness: in float64 the bounds contain every output of every point of the box up to
     float64 rounding; float32 bounds can in principle be violated by a few ulps of the
@@ -87,15 +94,22 @@ class BoundedSequential(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def _graph(self) -> BoundGraph:
-        """Fresh graph each call (the trace itself is cached): they see the modules' current modes."""
+        """Fresh ops each call (the trace itself is cached): they see the modules' current layers, modes and hooks."""
+        if self._forward_hooks or self._forward_pre_hooks:
+            raise UnsupportedLayerError(
+                "the BoundedSequential has a forward hook or pre-hook: it would change net(x) but not the bounds. "
+                "Remove it (handle.remove())")
         return build_graph(self.model, self._trace_cache)
 
     def _first_param(self) -> Optional[torch.Tensor]:
         return next(iter(self.model.parameters()), None)
 
     def _shapes(self, graph: BoundGraph, x: torch.Tensor) -> list[tuple[int, ...]]:
+        # Keyed by the layers' shapes too: a layer replaced after a call must not reuse stale shapes.
         key = (tuple(x.shape[1:]), x.dtype, graph.signature())
         if key not in self._shape_cache:
+            if len(self._shape_cache) >= _SHAPE_CACHE_SIZE:  # a model edited in a loop must not grow it forever
+                self._shape_cache.clear()
             self._shape_cache[key] = graph.infer_shapes(tuple(x.shape[1:]))
         return self._shape_cache[key]
 
@@ -139,8 +153,18 @@ class BoundedSequential(nn.Module):
 
     def _bounds(self, graph, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk,
                 allow_tf32: bool = False) -> Bounds:
+        shapes = self._shapes(graph, x)
+        n_out = math.prod(shapes[graph.output])
+        if C is not None:
+            check_spec(C, x, n_out)  # before tiling, so errors name the whole batch
+        k = (C.shape[1] if C is not None else n_out) * (2 if bound_upper else 1)
+        tiles = chunking.plan(radii.shape[0], x.shape[0],
+                              chunking.row_bytes(shapes, k, method != "ibp", x.element_size()), tile_budget(x.device))
+
+        def bound(x_, radii_, lo_, hi_, C_):
+            return self._bounds_strict(graph, x_, radii_, lo_, hi_, C_, method, beta, bound_upper, backend, crown_chunk)
         with strict_float32(x.is_cuda and not allow_tf32):
-            return self._bounds_strict(graph, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk)
+            return Bounds(*chunking.run_tiled(bound, tiles, x, radii, lo, hi, C))
 
     def _bounds_strict(self, graph, x, radii, lo, hi, C, method, beta, bound_upper, backend,
                        crown_chunk) -> Bounds:

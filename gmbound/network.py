@@ -6,9 +6,10 @@
 * Any other ``nn.Module`` is traced with torch.fx (``gmbound.tracing``); errors name the node,
   its op and its source line.
 
-Anything the registry does not know is refused, so a bound is never silently wrong. The ops
-read the modules' parameters on every call, so gradients reach them and optimiser updates are
-seen without rebuilding anything.
+Anything the registry does not know is refused, so a bound is never silently wrong; so is a
+layer that only looks supported (``gmbound.ops.checks``: a subclass replacing ``forward``, a
+hook, pruning, a global hook). The ops read the modules' parameters on every call, so gradients
+reach them and optimiser updates are seen without rebuilding anything.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 from .graph import BoundGraph
 from .ops import (BoundOp, ChannelAffineOp, Conv2dOp, FlattenOp, LinearOp, ReLUOp, UnsupportedLayerError,
                   conv_output_padding)
+from .ops.checks import check_global_hooks, check_hooks, overridden
 from .ops.registry import build_module_op, module_rule
 
 __all__ = ["UnsupportedLayerError", "BoundOp", "LinearOp", "Conv2dOp", "ChannelAffineOp", "ReLUOp", "FlattenOp",
@@ -27,17 +29,35 @@ __all__ = ["UnsupportedLayerError", "BoundOp", "LinearOp", "Conv2dOp", "ChannelA
 
 
 def flatten_modules(model: Union[nn.Module, Iterable[nn.Module]]) -> list[nn.Module]:
-    """Flatten nested ``nn.Sequential`` containers into one list of leaf modules."""
-    if isinstance(model, nn.Sequential):
-        children: Iterable[nn.Module] = model.children()
-    elif isinstance(model, (list, tuple)):
-        children = model
-    else:
-        return [model]
+    """Flatten nested ``nn.Sequential`` containers into one list of leaf modules.
+
+    A container is only looked through when it computes what ``nn.Sequential`` computes (no
+    ``forward`` of its own, no forward hooks); otherwise ``UnsupportedLayerError`` names it.
+    """
     out: list[nn.Module] = []
-    for child in children:
-        out.extend(flatten_modules(child) if isinstance(child, nn.Sequential) else [child])
+    _flatten_into(model, "", out)
     return out
+
+
+def _flatten_into(model: Union[nn.Module, Iterable[nn.Module]], path: str, out: list[nn.Module]) -> None:
+    if isinstance(model, nn.Sequential):
+        what = f"{type(model).__name__} container " + (f"'{path}'" if path else "(the model itself)")
+        if overridden(model, nn.Sequential, ("forward",)):
+            raise UnsupportedLayerError(f"{what} subclasses nn.Sequential with its own forward; gmbound bounds "
+                                        "only the plain chain of its layers. Use nn.Sequential itself")
+        check_hooks(model, what)
+        children: Iterable[tuple[str, nn.Module]] = model.named_children()
+    elif isinstance(model, (list, tuple)):
+        children = ((str(i), m) for i, m in enumerate(model))
+    else:
+        out.append(model)
+        return
+    for name, child in children:
+        child_path = f"{path}.{name}" if path else name
+        if isinstance(child, nn.Sequential):
+            _flatten_into(child, child_path, out)
+        else:
+            out.append(child)
 
 
 def _convert(index: int, module: nn.Module) -> Optional[BoundOp]:
@@ -50,6 +70,7 @@ def build_ops(model: Union[nn.Module, Iterable[nn.Module]]) -> list[BoundOp]:
         raise UnsupportedLayerError(
             f"gmbound bounds nn.Sequential models here; got {type(model).__name__}. Wrap the layers in nn.Sequential "
             "or use gmbound.network.build_graph (which traces any nn.Module)")
+    check_global_hooks()
     ops = [op for i, m in enumerate(flatten_modules(model)) if (op := _convert(i, m)) is not None]
     if not ops:
         raise UnsupportedLayerError("the model has no layers to bound")
@@ -62,7 +83,7 @@ def is_plain_sequential(model: nn.Module) -> bool:
         return all(is_plain_sequential(m) for m in model if isinstance(m, nn.Sequential))
     if not isinstance(model, nn.Sequential):
         return False
-    if type(model).forward is not nn.Sequential.forward:
+    if overridden(model, nn.Sequential, ("forward",)):
         return False
     return all(is_plain_sequential(m) for m in model.children() if isinstance(m, nn.Sequential))
 

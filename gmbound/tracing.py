@@ -20,6 +20,7 @@ from torch import nn
 
 from .graph import BoundGraph, Node
 from .ops.base import UnsupportedLayerError
+from .ops.checks import check_global_hooks, check_hooks
 from .ops.registry import (BATCH, Call, ConstArg, TensorArg, build_module_op, function_rule, module_rule,
                            supported_functions, supported_layers)
 
@@ -115,12 +116,9 @@ def trace(model: nn.Module) -> fx.Graph:
 
 def _check_hooks(model: nn.Module) -> None:
     """Hooks are invisible to the trace (and to the bounds): refuse them wherever they are."""
+    check_global_hooks()
     for name, m in model.named_modules():
-        if m._forward_hooks or m._forward_pre_hooks:
-            what = f"module '{name}' ({type(m).__name__})" if name else f"the model ({type(m).__name__})"
-            raise UnsupportedLayerError(
-                f"{what} has a forward hook or pre-hook: it can change what the module computes, and the "
-                "bounds would not follow it. Remove it (handle.remove()) before bounding")
+        check_hooks(m, f"module '{name}' ({type(m).__name__})" if name else f"the model ({type(m).__name__})")
 
 
 def _getter(model: nn.Module, target: str):

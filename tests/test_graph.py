@@ -221,6 +221,31 @@ def test_parameters_and_modules_are_read_at_call_time():
     assert bnet.bounds(x, 0.05).lower.shape == (1, 3, 7)
 
 
+def test_hooks_and_overriding_subclasses_in_a_traced_model():
+    net, x, _ = make_graph_case("resnet", 9)
+    bnet = gmbound.BoundedSequential(net)
+    handle = net.layer1.register_forward_hook(lambda m, i, o: o + 1)
+    with pytest.raises(gmbound.UnsupportedLayerError, match=r"module 'layer1' \(Block\) has a forward hook"):
+        bnet.bounds(x, 0.01)
+    handle.remove()
+
+    class DoubledLinear(nn.Linear):  # its own forward: traced through, so what it computes is bounded
+        def forward(self, a):
+            return F.linear(a, 2 * self.weight, self.bias)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = DoubledLinear(3, 2).double()
+
+        def forward(self, a):
+            return F.relu(self.fc(a))
+
+    # (its arithmetic on the weight is a node gmbound does not bound, named with its line)
+    with pytest.raises(gmbound.UnsupportedLayerError, match=r"node 'mul' .*test_graph.py:\d+: return F.linear"):
+        gmbound.BoundedSequential(Net())
+
+
 def test_train_mode_dropout_in_a_graph_is_refused_at_call_time():
     class Net(nn.Module):
         def __init__(self):

@@ -19,6 +19,7 @@ from ..layers import Normalize
 from .activation import ReLUOp
 from .affine import ChannelAffineOp, Conv2dOp, LinearOp
 from .base import BoundOp, UnsupportedLayerError
+from .checks import check_understood
 from .elementwise import AddOp, ConstantAffineOp
 from .pooling import AvgPool2dOp
 from .shape import FlattenOp, PadOp, ReshapeOp
@@ -124,6 +125,7 @@ def build_module_op(module: nn.Module, where: str, front_end: str) -> Optional[B
                                     f"{', '.join(supported_layers())}"
                                     + (f" and the functions {', '.join(supported_functions())}"
                                        if front_end != "Sequentials" else ""))
+    check_understood(module, rule.types, where)
     return rule.build(module, where)
 
 
