@@ -192,7 +192,8 @@ def make_case(name: str, batch: int, device: torch.device, seed: int = 0):
     return model, x, y, eps
 
 
-def task_fn(task: str, model, x, y, eps: float, n_radii: int, backend: str) -> Callable[[], None]:
+def task_fn(task: str, model, x, y, eps: float, n_radii: int, backend: str,
+            allow_tf32: bool = False) -> Callable[[], None]:
     net = gmbound.BoundedSequential(model)
     radii = gm_radii(eps, n_radii, x.dtype, x.device)
     if task in ("ibp", "crown-ibp"):
@@ -200,7 +201,8 @@ def task_fn(task: str, model, x, y, eps: float, n_radii: int, backend: str) -> C
 
         def run():
             with torch.no_grad():
-                net.margin_bounds(x, y, radii, method=task, beta=1.0, x_min=0.0, x_max=1.0, backend=backend)
+                net.margin_bounds(x, y, radii, method=task, beta=1.0, x_min=0.0, x_max=1.0, backend=backend,
+                                  allow_tf32=allow_tf32)
         return run
     if task == "gm-train":
         model.train()
@@ -208,7 +210,7 @@ def task_fn(task: str, model, x, y, eps: float, n_radii: int, backend: str) -> C
         def run():
             model.zero_grad(set_to_none=True)
             res = gmbound.gm_loss(net, x, y, eps, n_radii=n_radii, weights="inverse", kappa=0.0, beta=1.0,
-                                  method="crown-ibp", x_min=0.0, x_max=1.0, backend=backend)
+                                  method="crown-ibp", x_min=0.0, x_max=1.0, backend=backend, allow_tf32=allow_tf32)
             res.loss.backward()
         return run
     raise ValueError(f"unknown task {task!r}")
@@ -223,9 +225,9 @@ def available_backends(device: torch.device, wanted: Optional[list[str]]) -> lis
     return backends
 
 
-def run_case(name, n_radii, task, batch, device, backends, repeats) -> list[Result]:
+def run_case(name, n_radii, task, batch, device, backends, repeats, allow_tf32: bool = False) -> list[Result]:
     model, x, y, eps = make_case(name, batch, device)
-    fns = {b: task_fn(task, model, x, y, eps, n_radii, b) for b in backends}
+    fns = {b: task_fn(task, model, x, y, eps, n_radii, b, allow_tf32) for b in backends}
     for fn in fns.values():  # warm-up: allocator, oneDNN / cuDNN algorithm choice, lazy init
         fn()
     times = {b: [] for b in backends}
