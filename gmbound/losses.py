@@ -74,7 +74,8 @@ class GMLossResult:
     """The loss and what a trainer logs, all from the passes the loss needed anyway.
 
     ``verified_error[i]``: fraction of the batch not certified at ``radii[i]`` (in stochastic mode,
-    among the samples that drew radius ``i``; NaN if none did).
+    among the samples that drew radius ``i``; NaN if none did). ``drawn_index`` (stochastic mode
+    only): the radius index each sample drew, ``[B]``.
     """
 
     loss: torch.Tensor
@@ -85,6 +86,7 @@ class GMLossResult:
     radii: torch.Tensor
     weights: torch.Tensor
     logits: torch.Tensor
+    drawn_index: Optional[torch.Tensor] = None
 
 
 def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torch.Tensor,
@@ -138,4 +140,4 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
     natural_error = (logits.argmax(1) != y).to(x.dtype).mean()
     loss = kappa * natural_loss + (1 - kappa) * robust_loss
     return GMLossResult(loss, natural_loss, robust_loss, natural_error.detach(), verified_error.detach(),
-                        radii, c, logits)
+                        radii, c, logits, index if stochastic else None)

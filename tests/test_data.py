@@ -15,7 +15,7 @@ import torch
 from gmbound import data
 from gmbound.data import DATASET_INFO, load_dataset, make_loaders, read_idx
 
-SHARED_MNIST = Path("/work/shared/data")
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the repo root
 PACKAGE_NPZ = Path(data.__file__).parent / "datasets" / data.EMBEDDED_MNIST_FILE
 
 

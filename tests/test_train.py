@@ -181,3 +181,31 @@ def test_bad_checkpoint_files(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="garbage.pt"):
         load_checkpoint(tmp_path / "garbage.pt")
+
+
+def test_stochastic_train_verified_error_is_the_drawn_radius_fraction():
+    """Stochastic GRT logs the fraction of samples not certified at their own drawn radius."""
+    from gmbound.losses import GMLossResult
+    from gmbound.train import batch_verified_error, verified_error_kind
+
+    err = torch.tensor([0.0, 0.5, 1.0])
+    index = torch.tensor([0, 0, 0, 2])  # three samples at r_1 (all verified), one at r_3 (not)
+    z = torch.zeros(())
+    stochastic = GMLossResult(z, z, z, z, err, z, z, z, drawn_index=index)
+    assert batch_verified_error(stochastic) == pytest.approx(0.25)
+    exact = GMLossResult(z, z, z, z, err, z, z, z)
+    assert batch_verified_error(exact) == pytest.approx(1.0)
+    base = {"method": "gm-crown-ibp", "n_radii": 10, "stochastic": True}
+    assert verified_error_kind(base) == "drawn radius"
+    assert verified_error_kind({**base, "stochastic": False}) == "eps"
+    assert verified_error_kind({**base, "method": "crown-ibp"}) == "eps"
+
+
+def test_fractional_warmup_and_ramp_epochs_round_to_whole_batches():
+    from gmbound.train import make_schedule
+
+    cfg = make_config(None, ["train.warmup_epochs=0.5", "train.ramp_epochs=2.5", "train.eps=0.4"])
+    schedule = make_schedule(cfg["train"], steps_per_epoch=10)
+    assert (schedule.warmup_steps, schedule.ramp_steps) == (5, 25)
+    assert schedule(4).eps == 0.0 and schedule(5 + 25).eps == pytest.approx(0.4)
+    assert 0.0 < schedule(17).eps < 0.4
