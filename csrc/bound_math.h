@@ -79,12 +79,14 @@ GMBOUND_HD T relaxed_lam(T x, T pos, T neg) {
   return x * (x > T(0) ? pos : neg);
 }
 
-// d/dlam of z g + (lam^- t) gb: lam^+ and lam^- pass no gradient at lam == 0.
+// d/dlam of z g + (lam^- t) gb: lam^+ and lam^- pass no gradient at lam == 0 (nor at NaN).
+// Written as one select on (x > 0 or x < 0): the nested form `x > 0 ? rp : (x < 0 ? rn : 0)` is the
+// same function, but gcc 12 does not vectorise the CPU loop around it once it is inlined.
 template <typename T>
 GMBOUND_HD T relaxed_lam_grad(T x, T g, T gb, T pos, T neg, T icp) {
   const T rp = g * pos, rn = g * neg + gb * icp;
-  const T r = x < T(0) ? rn : T(0);
-  return x > T(0) ? rp : r;
+  const T r = x > T(0) ? rp : rn;
+  return (x > T(0) || x < T(0)) ? r : T(0);
 }
 
 // Gradients of (slope s, intercept t) back to (l, u), as autograd differentiates the reference:

@@ -43,6 +43,16 @@ def restore_precision():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # noqa: B018
 
 
+def _user_sets_tf32():
+    """``torch.backends.fp32_precision = "tf32"`` as in a fresh process: the per-op settings inherit it
+    (an earlier legacy ``allow_tf32 = False``, as the kernel tests' fixtures set, pins cuBLAS's to
+    "ieee" in torch 2.11 until it is reset to "none")."""
+    for holder in precision._leaves():
+        holder.fp32_precision = "none"
+    torch.backends.fp32_precision = "tf32"
+    assert _effective() == ("tf32", "tf32")
+
+
 def _effective():
     return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
 
@@ -58,7 +68,7 @@ def _model():
 def test_strict_float32_under_the_new_api(setting, restore_precision):
     """torch.backends.fp32_precision = "tf32" made every strict block (every CUDA bounds() call) raise."""
     if setting == "global":
-        torch.backends.fp32_precision = "tf32"
+        _user_sets_tf32()
     else:
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
@@ -115,7 +125,7 @@ def test_strict_float32_restores_after_an_error(restore_precision):
 @pytest.mark.parametrize("allow_tf32", [False, True])
 def test_bounds_run_under_the_policy(allow_tf32, monkeypatch, restore_precision):
     """bounds() applies the policy on every device (oneDNN too) unless allow_tf32=True."""
-    torch.backends.fp32_precision = "tf32"
+    _user_sets_tf32()
     seen = []
     spec_bounds = propagation.spec_bounds
 
@@ -161,7 +171,7 @@ def test_backward_ops_follow_the_forward_policy(allow_tf32, monkeypatch, restore
 
     recorder = _Recorder(_ops.ops)
     monkeypatch.setattr(_ops, "ops", recorder)
-    torch.backends.fp32_precision = "tf32"
+    _user_sets_tf32()
     model = _model()
     net = gmbound.BoundedSequential(model)
     x = torch.rand(2, 1, 6, 6)
