@@ -9,7 +9,7 @@ from torch import nn
 
 from . import propagation
 from .engine import get_primitives
-from .network import BoundOp, ChannelAffineOp, build_ops, infer_shapes
+from .network import BoundOp, ChannelAffineOp, UnsupportedLayerError, build_ops, infer_shapes, shape_signature
 from .specification import margin_spec
 from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_radii, check_domain,
                          check_input, check_labels, check_spec)
@@ -17,6 +17,9 @@ from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_
 METHODS = ("ibp", "crown-ibp", "crown")
 _METHOD_ALIASES = {"ibp": "ibp", "crown-ibp": "crown-ibp", "crown_ibp": "crown-ibp", "crownibp": "crown-ibp",
                    "crown": "crown", "full-crown": "crown"}
+
+
+_SHAPE_CACHE_SIZE = 64
 
 
 @contextlib.contextmanager
@@ -65,8 +68,10 @@ class BoundedSequential(nn.Module):
 
     Supported layers: ``Linear``, ``Conv2d`` (groups = 1), ``ReLU``, ``Flatten``,
     ``BatchNorm1d/2d``, ``gmbound.Normalize``, ``Identity`` and eval-mode ``Dropout``;
-    anything else raises ``UnsupportedLayerError`` naming the layer and its index.
-    The wrapped model's parameters are used live: train it as usual.
+    anything else raises ``UnsupportedLayerError`` naming the layer and its index. So does a
+    layer that is not what its type says: a subclass replacing ``forward``, a forward hook or
+    pre-hook (on a layer, a container or globally), or ``torch.nn.utils.prune`` pruning.
+    The wrapped model's parameters (and layers) are read at every call: train or edit it as usual.
 
     Soundness: in float64 the bounds contain every output of every point of the box up to
     float64 rounding; float32 bounds can in principle be violated by a few ulps of the
@@ -82,15 +87,22 @@ class BoundedSequential(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def _ops(self) -> list[BoundOp]:
-        """Fresh ops each call: cheap, and they see the modules' current train / eval modes."""
+        """Fresh ops each call: cheap, and they see the modules' current layers, modes and hooks."""
+        if self._forward_hooks or self._forward_pre_hooks:
+            raise UnsupportedLayerError(
+                "the BoundedSequential has a forward hook or pre-hook: it would change net(x) but not the bounds. "
+                "Remove it (handle.remove())")
         return build_ops(self.model)
 
     def _first_param(self) -> Optional[torch.Tensor]:
         return next(iter(self.model.parameters()), None)
 
     def _shapes(self, ops: list[BoundOp], x: torch.Tensor) -> list[tuple[int, ...]]:
-        key = (tuple(x.shape[1:]), x.dtype)
+        # Keyed by the layers' shapes too: a layer replaced after a call must not reuse stale shapes.
+        key = (tuple(x.shape[1:]), x.dtype, shape_signature(ops))
         if key not in self._shape_cache:
+            if len(self._shape_cache) >= _SHAPE_CACHE_SIZE:  # a model edited in a loop must not grow it forever
+                self._shape_cache.clear()
             self._shape_cache[key] = infer_shapes(ops, tuple(x.shape[1:]), x.dtype, x.device)
         return self._shape_cache[key]
 

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import DEFAULTS, DEMO_CONFIG, ConfigError, make_config, parse_eps_grid, parse_verifiers
+from .config import (DEFAULTS, DEMO_CONFIG, ConfigError, check_pgd_settings, make_config, parse_eps_grid,
+                     parse_verifiers)
 from .outputs import check_output_file, check_output_folder
 
 
@@ -113,12 +114,14 @@ def _eval_config(ckpt_cfg: dict, args: argparse.Namespace) -> dict:
     e.update(ckpt_cfg.get("eval", {}))
     flags = {"eps_grid": args.eps_grid, "verifiers": args.verifiers, "pgd_steps": args.pgd_steps,
              "pgd_restarts": args.pgd_restarts, "pgd_step_size": args.pgd_step_size,
+             "pgd_loss": args.pgd_loss, "pgd_eps_grid": args.pgd_eps_grid,
              "batch_size": args.batch_size, "test_subset": args.test_subset, "dtype": args.dtype,
              "crown_max_neurons": args.crown_max_neurons, "radii_chunk": args.radii_chunk}
     for key, value in flags.items():
         if value is not None:
             e[key] = value
     parse_eps_grid(e["eps_grid"], "--eps-grid")
+    check_pgd_settings(e)
     e["verifiers"] = parse_verifiers(e["verifiers"], "--verifiers")
     return e
 
@@ -353,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pgd-steps", type=non_negative_int)
     e.add_argument("--pgd-restarts", type=positive_int)
     e.add_argument("--pgd-step-size", type=positive_float)
+    e.add_argument("--pgd-loss", choices=("ce", "margin"),
+                   help="attack loss: ce (cross-entropy) or margin (max_j f_j - f_y, the stronger one)")
+    e.add_argument("--pgd-eps-grid", help="radii PGD attacks, a subset of the eps grid (default: all of it)")
     e.add_argument("--batch-size", type=positive_int)
     e.add_argument("--radii-chunk", type=positive_int, help="radii bounded per engine call")
     e.add_argument("--test-subset", type=positive_int, help="first n test images")

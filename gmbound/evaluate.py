@@ -133,12 +133,15 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["sound"] = self.sound
+        # radii PGD did not attack: null in JSON (NaN is not JSON)
+        d["pgd_error"] = [None if math.isnan(p) else p for p in self.pgd_error]
         return d
 
 
 def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
              verifiers: Sequence[str] = ("ibp", "crown-ibp"), pgd_steps: int = 20, pgd_restarts: int = 1,
-             pgd_step_size: Optional[float] = None, pgd_loss: str = "ce", x_min: Optional[float] = 0.0,
+             pgd_step_size: Optional[float] = None, pgd_loss: str = "ce",
+             pgd_eps_grid: Optional[Sequence[float]] = None, x_min: Optional[float] = 0.0,
              x_max: Optional[float] = 1.0, device: Optional[torch.device] = None,
              dtype: torch.dtype = torch.float32, backend: str = "auto", radii_chunk: int = 8,
              crown_batch_size: int = 32, crown_max_neurons: Optional[int] = 2000, seed: int = 0,
@@ -146,7 +149,9 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
     """Standard, verified (per verifier and best-of) and PGD error at every radius of ``eps_grid``.
 
     Full CROWN runs only when the model has at most ``crown_max_neurons`` ReLU neurons (None: no
-    limit); otherwise it is listed in ``skipped_verifiers`` with the reason. Raises
+    limit); otherwise it is listed in ``skipped_verifiers`` with the reason. PGD runs at the radii
+    of ``pgd_eps_grid`` (None: all of ``eps_grid``; each must be on ``eps_grid``); ``pgd_error``
+    is NaN at the other radii, where no attack ran. Raises
     ``UnsoundBoundError`` on any certified-but-attacked sample when ``strict``.
     """
     device = device or next(model.parameters()).device
@@ -155,6 +160,7 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
     grid = sorted(float(e) for e in eps_grid)
     radii = torch.tensor(grid, dtype=dtype, device=device)
     n_eps = len(grid)
+    pgd_at = pgd_radii_mask(grid, pgd_eps_grid)                                # [N] bool
     active, skipped = [], {}
     for v in verifiers:
         if v not in VERIFIER_ORDER:
@@ -209,7 +215,7 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
         attacked = torch.zeros(n_eps, b, dtype=torch.bool)
         for i, e in enumerate(grid):
             todo = ~broken
-            if e > 0 and pgd_steps > 0 and bool(todo.any()):
+            if pgd_at[i] and e > 0 and pgd_steps > 0 and bool(todo.any()):
                 idx = todo.nonzero().squeeze(1)
                 _, ok = pgd_attack(model, x[idx], y[idx], e, steps=pgd_steps, step_size=pgd_step_size,
                                    restarts=pgd_restarts, x_min=x_min, x_max=x_max, loss=pgd_loss,
@@ -218,7 +224,7 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
             attacked[i] = broken.cpu()
         seconds["pgd"] += time.time() - t0
         pgd_wrong += attacked.sum(1)
-        for v in active:
+        for v in active:  # a certificate contradicted by a misclassified point (clean or PGD) is unsound
             unsound[v] += (cert[v] & attacked).sum(1)
     n = max(total, 1)
     ver = {v: (unverified[v].double() / n).tolist() for v in active}
@@ -229,9 +235,11 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
     result = EvalResult(
         eps=grid, n_samples=total, standard_error=wrong / n, verified_error=ver,
         verified_error_any=(unverified_any.double() / n).tolist(), best_verifier=best,
-        pgd_error=(pgd_wrong.double() / n).tolist(), unsound={v: unsound[v].tolist() for v in active},
+        pgd_error=[p if pgd_at[i] else float("nan") for i, p in enumerate((pgd_wrong.double() / n).tolist())],
+        unsound={v: unsound[v].tolist() for v in active},
         skipped_verifiers=skipped, seconds={k: round(s, 3) for k, s in seconds.items()},
         pgd={"steps": pgd_steps, "restarts": pgd_restarts, "loss": pgd_loss,
+             "eps": [e for e, on in zip(grid, pgd_at) if on],
              "step_size": pgd_step_size if pgd_step_size is not None else "2.5*eps/steps",
              "random_start": True, "x_min": x_min, "x_max": x_max},
         meta={"dtype": str(dtype).replace("torch.", ""), "device": str(device), "backend": backend,
@@ -239,6 +247,20 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
     if strict and not result.sound:
         raise UnsoundBoundError(unsound_message(result))
     return result
+
+
+def pgd_radii_mask(grid: Sequence[float], pgd_eps_grid: Optional[Sequence[float]]) -> list[bool]:
+    """Which radii of the (sorted) verification grid PGD attacks; each PGD radius must be on it."""
+    if pgd_eps_grid is None:
+        return [True] * len(grid)
+    mask = [False] * len(grid)
+    for p in pgd_eps_grid:
+        hits = [i for i, e in enumerate(grid) if abs(e - float(p)) <= 1e-9 * max(1.0, abs(e))]
+        if not hits:
+            raise ValueError(f"PGD radius {float(p):g} is not on the verification grid (eval.eps_grid); "
+                             "choose eval.pgd_eps_grid as a subset of it")
+        mask[hits[0]] = True
+    return mask
 
 
 def unsound_message(result: EvalResult) -> str:
@@ -292,7 +314,10 @@ def evaluate_checkpoint(path: str | Path, ecfg: dict, *, data_dir: Optional[str]
     t0 = time.time()
     result = evaluate(model, loader, parse_eps_grid(ecfg["eps_grid"]), verifiers=ecfg["verifiers"],
                       pgd_steps=ecfg["pgd_steps"], pgd_restarts=ecfg["pgd_restarts"],
-                      pgd_step_size=ecfg["pgd_step_size"], x_min=mi["x_min"], x_max=mi["x_max"],
+                      pgd_step_size=ecfg["pgd_step_size"], pgd_loss=ecfg["pgd_loss"],
+                      pgd_eps_grid=(parse_eps_grid(ecfg["pgd_eps_grid"], "eval.pgd_eps_grid")
+                                    if ecfg["pgd_eps_grid"] is not None else None),
+                      x_min=mi["x_min"], x_max=mi["x_max"],
                       device=device or torch.device("cpu"), dtype=dtype, backend=cfg["train"]["backend"],
                       radii_chunk=ecfg["radii_chunk"], crown_batch_size=ecfg["crown_batch_size"],
                       crown_max_neurons=ecfg["crown_max_neurons"], strict=False, progress=progress)
@@ -353,6 +378,7 @@ def format_table(result: EvalResult, eps_values: Optional[Sequence[float]] = Non
         if eps_values is not None and not any(abs(e - v) < 1e-9 for v in eps_values):
             continue
         cells = [f"{e:g}"] + [f"{100 * result.verified_error[v][i]:.1f}%" for v in verifiers]
-        cells += [f"{100 * result.verified_error_any[i]:.1f}%", f"{100 * result.pgd_error[i]:.1f}%"]
+        pgd = result.pgd_error[i]
+        cells += [f"{100 * result.verified_error_any[i]:.1f}%", "-" if math.isnan(pgd) else f"{100 * pgd:.1f}%"]
         lines.append("  ".join(f"{c:>16}" for c in cells))
     return "\n".join(lines)

@@ -9,7 +9,9 @@ Every supported layer becomes one of five operations:
 * ``FlattenOp``
 
 ``Identity`` and eval-mode ``Dropout`` are dropped. Anything else is refused with an error
-that names the layer type and its position, so a bound is never silently wrong.
+that names the layer type and its position, so a bound is never silently wrong. So is a layer
+that only looks supported: a subclass that replaces ``forward``, a layer (or container) with a
+forward hook or pre-hook, a layer pruned by ``torch.nn.utils.prune``, or any global forward hook.
 The operations read the modules' parameters on every call, so gradients reach them and
 optimiser updates are seen without rebuilding anything.
 """
@@ -21,6 +23,7 @@ from typing import Iterable, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import prune
 
 from .layers import Normalize
 
@@ -140,21 +143,115 @@ AFFINE_TYPES = (LinearOp, Conv2dOp, ChannelAffineOp)
 
 
 def flatten_modules(model: Union[nn.Module, Iterable[nn.Module]]) -> list[nn.Module]:
-    """Flatten nested ``nn.Sequential`` containers into one list of leaf modules."""
-    if isinstance(model, nn.Sequential):
-        children: Iterable[nn.Module] = model.children()
-    elif isinstance(model, (list, tuple)):
-        children = model
-    else:
-        return [model]
+    """Flatten nested ``nn.Sequential`` containers into one list of leaf modules.
+
+    A container is only looked through when it computes what ``nn.Sequential`` computes (no
+    ``forward`` of its own, no forward hooks); otherwise ``UnsupportedLayerError`` names it.
+    """
     out: list[nn.Module] = []
-    for child in children:
-        out.extend(flatten_modules(child) if isinstance(child, nn.Sequential) else [child])
+    _flatten_into(model, "", out)
     return out
+
+
+def _flatten_into(model: Union[nn.Module, Iterable[nn.Module]], path: str, out: list[nn.Module]) -> None:
+    if isinstance(model, nn.Sequential):
+        what = f"{type(model).__name__} container " + (f"'{path}'" if path else "(the model itself)")
+        if _overridden(model, nn.Sequential, ("forward",)):
+            raise UnsupportedLayerError(f"{what} subclasses nn.Sequential with its own forward; gmbound bounds "
+                                        "only the plain chain of its layers. Use nn.Sequential itself")
+        _check_hooks(model, what)
+        children: Iterable[tuple[str, nn.Module]] = model.named_children()
+    elif isinstance(model, (list, tuple)):
+        children = ((str(i), m) for i, m in enumerate(model))
+    else:
+        out.append(model)
+        return
+    for name, child in children:
+        child_path = f"{path}.{name}" if path else name
+        if isinstance(child, nn.Sequential):
+            _flatten_into(child, child_path, out)
+        else:
+            out.append(child)
+
+
+# ----------------------------------------------------------------------------- what is understood
+# A layer is bounded as the function its base class computes. A subclass may add attributes or
+# change its repr, but if it replaces any of these methods it computes something else, and the
+# bound would hold for the wrong function.
+_CALL_METHODS = ("__call__", "_call_impl", "_wrapped_call_impl")
+_FORWARD_METHODS: dict[type, tuple[str, ...]] = {
+    nn.Linear: ("forward",),
+    nn.Conv2d: ("forward", "_conv_forward"),
+    nn.BatchNorm1d: ("forward",),
+    nn.BatchNorm2d: ("forward",),
+    Normalize: ("forward", "channel_shape"),
+    nn.ReLU: ("forward",),
+    nn.Flatten: ("forward",),
+    nn.Identity: ("forward",),
+    nn.Dropout: ("forward",),
+}
+
+
+def _overridden(module: nn.Module, base: type, methods: tuple[str, ...]) -> list[str]:
+    """The methods among ``methods`` (and the call machinery) that ``type(module)`` replaces."""
+    cls = type(module)
+    out = [m for m in methods if getattr(cls, m, None) is not getattr(base, m, None)]
+    return out + [m for m in _CALL_METHODS if getattr(cls, m, None) is not getattr(nn.Module, m, None)]
+
+
+def _hook_names(hooks: dict) -> str:
+    return ", ".join(sorted({getattr(h, "__qualname__", type(h).__name__) for h in hooks.values()}))
+
+
+def _check_hooks(module: nn.Module, where: str) -> None:
+    """Forward hooks and pre-hooks can change a layer's input, weights or output: refuse them."""
+    pre = getattr(module, "_forward_pre_hooks", {})
+    if any(isinstance(h, prune.BasePruningMethod) for h in pre.values()):
+        raise UnsupportedLayerError(
+            f"{where} is pruned with torch.nn.utils.prune: a forward pre-hook recomputes its weight from "
+            "weight_orig * weight_mask, which the bounds would not see. Make the pruning permanent first "
+            "(torch.nn.utils.prune.remove(module, 'weight'); the pruned weights stay zero)")
+    for kind, hooks in (("forward pre-hook", pre), ("forward hook", getattr(module, "_forward_hooks", {}))):
+        if hooks:
+            raise UnsupportedLayerError(
+                f"{where} has a {kind} ({_hook_names(hooks)}): a hook can change the layer's input, weights or "
+                "output, and the bounds would not follow it. Remove the hook (handle.remove()) before bounding; "
+                "for reparametrised weights use torch.nn.utils.parametrize, whose weights gmbound reads at call "
+                "time")
+
+
+def check_global_hooks() -> None:
+    """Hooks registered for every module (``torch.nn.modules.module.register_module_forward_*hook``)."""
+    from torch.nn.modules import module as torch_module
+
+    for kind, name in (("forward pre-hook", "_global_forward_pre_hooks"), ("forward hook", "_global_forward_hooks")):
+        hooks = getattr(torch_module, name, None)
+        if hooks:
+            raise UnsupportedLayerError(
+                f"a global {kind} is registered ({_hook_names(hooks)}, by "
+                f"torch.nn.modules.module.register_module_{kind.replace(' ', '_').replace('-', '_')}): it runs on "
+                "every layer and can change its output, which the bounds would not follow. Remove it "
+                "(handle.remove()) before bounding")
+
+
+def check_understood(index: int, module: nn.Module) -> None:
+    """Refuse a supported layer type whose computation is not the base layer's (see ``_FORWARD_METHODS``)."""
+    where = f"{type(module).__name__} at index {index}"
+    for base, methods in _FORWARD_METHODS.items():
+        if isinstance(module, base):
+            changed = _overridden(module, base, methods)
+            if changed:
+                name = f"{'gmbound' if base is Normalize else 'nn'}.{base.__name__}"
+                raise UnsupportedLayerError(
+                    f"{where} subclasses {name} but replaces {', '.join(changed)}; gmbound can only bound what "
+                    f"{name} itself computes. Use {name} (or a subclass that keeps its forward)")
+            _check_hooks(module, where)
+            return
 
 
 def _convert(index: int, module: nn.Module) -> Optional[BoundOp]:
     where = f"{type(module).__name__} at index {index}"
+    check_understood(index, module)
     if isinstance(module, nn.Linear):
         return LinearOp(index, module)
     if isinstance(module, nn.Conv2d):
@@ -195,6 +292,7 @@ def build_ops(model: Union[nn.Module, Iterable[nn.Module]]) -> list[BoundOp]:
     if not isinstance(model, (nn.Sequential, list, tuple)):
         raise UnsupportedLayerError(
             f"gmbound bounds nn.Sequential models; got {type(model).__name__}. Wrap the layers in nn.Sequential")
+    check_global_hooks()
     ops = [op for i, m in enumerate(flatten_modules(model)) if (op := _convert(i, m)) is not None]
     if not ops:
         raise UnsupportedLayerError("the model has no layers to bound")
@@ -213,6 +311,24 @@ def conv_output_padding(op: Conv2dOp, in_hw: tuple[int, int], out_hw: tuple[int,
         natural = (out_hw[d] - 1) * op.stride[d] - 2 * op.padding[d] + op.dilation[d] * (k[d] - 1) + 1
         pads.append(in_hw[d] - natural)
     return (pads[0], pads[1])
+
+
+def shape_signature(ops: list[BoundOp]) -> tuple:
+    """Everything about ``ops`` that the per-layer shapes depend on (a key for caching them).
+
+    Layers can be replaced, or given new weights, between calls; a cache keyed by this follows.
+    """
+    sig = []
+    for op in ops:
+        if isinstance(op, (LinearOp, Conv2dOp)):
+            extra = (op.stride, op.padding, op.dilation) if isinstance(op, Conv2dOp) else ()
+            sig.append((type(op).__name__, tuple(op.weight.shape)) + extra)
+        elif isinstance(op, ChannelAffineOp):
+            m = op.module
+            sig.append((type(op).__name__, m.mean.numel() if isinstance(m, Normalize) else m.num_features))
+        else:
+            sig.append((type(op).__name__,))
+    return tuple(sig)
 
 
 def infer_shapes(ops: list[BoundOp], in_shape: tuple[int, ...], dtype: torch.dtype,

@@ -28,7 +28,9 @@ def plot_drawdown(results: Sequence[Mapping[str, Any]], path: str | Path, title:
         eps = res["eps"]
         ax.plot(eps, [100 * v for v in res["verified_error_any"]], "-", color=c, lw=2,
                 label=f"{label}: verified (any of {verifiers})")
-        ax.plot(eps, [100 * v for v in res["pgd_error"]], "--", color=c, lw=1.5, label=f"{label}: PGD (total)")
+        attacked = [(e, v) for e, v in zip(eps, res["pgd_error"]) if v is not None and v == v]  # PGD radii only
+        ax.plot([e for e, _ in attacked], [100 * v for _, v in attacked], "--", color=c, lw=1.5,
+                marker="." if len(attacked) < len(eps) else None, label=f"{label}: PGD (total)")
         if per_verifier:
             for style, (v, errs) in zip((":", "-.", (0, (1, 3))), res.get("verified_error", {}).items()):
                 ax.plot(eps, [100 * e for e in errs], linestyle=style, color=c, lw=1, alpha=0.7,

@@ -178,8 +178,10 @@ def build_loaders(cfg: dict, ctx: DistContext = DistContext()) -> tuple[DataLoad
 
 
 def make_schedule(tcfg: dict, steps_per_epoch: int) -> CrownIBPSchedule:
-    return CrownIBPSchedule(eps_train=tcfg["eps"], warmup_steps=tcfg["warmup_epochs"] * steps_per_epoch,
-                            ramp_steps=tcfg["ramp_epochs"] * steps_per_epoch,
+    # fractional epochs (e.g. a 0.5-epoch warm-up in a 10-epoch budget) round to whole batches
+    return CrownIBPSchedule(eps_train=tcfg["eps"],
+                            warmup_steps=round(tcfg["warmup_epochs"] * steps_per_epoch),
+                            ramp_steps=round(tcfg["ramp_epochs"] * steps_per_epoch),
                             kappa_start=tcfg["kappa_start"], kappa_end=tcfg["kappa_end"],
                             beta_start=tcfg["beta_start"], beta_end=tcfg["beta_end"], ramp=tcfg["ramp"])
 

@@ -149,3 +149,18 @@ def test_defaults_are_not_mutated():
     cfg = make_config(overrides=["train.lr_milestones=[3]"])
     cfg["train"]["lr_milestones"].append(9)
     assert DEFAULTS == before
+
+
+def test_resume_diff_treats_new_keys_as_defaults_and_ignores_eval():
+    from gmbound.config import DEFAULTS, config_diff
+
+    current = make_config(None, ["eval.pgd_loss=margin"])
+    saved = copy.deepcopy(current)
+    del saved["eval"]["pgd_eps_grid"]          # a run saved before the key existed
+    del saved["train"]["weights"]
+    assert config_diff(saved, current) == []
+    saved["train"]["lr"] = current["train"]["lr"] * 2
+    assert config_diff(saved, current) == ["train.lr"]
+    current["train"]["weights"] = "uniform"     # differs from the default that the saved run used
+    assert "train.weights" in config_diff(saved, current)
+    assert DEFAULTS["train"]["weights"] == "inverse"

@@ -143,3 +143,30 @@ def test_outputs_written_and_plotted(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"eps": [0.1]}))
     with pytest.raises(ValueError, match="not a gmbound eval JSON"):
         load_result(tmp_path / "bad.json")
+
+
+def test_pgd_runs_only_on_its_own_grid_with_the_chosen_loss(tmp_path):
+    model, loader = small_case()
+    full = evaluate(model, loader, GRID, verifiers=["ibp"], pgd_steps=10, dtype=torch.float64, seed=3)
+    coarse = evaluate(model, loader, GRID, verifiers=["ibp"], pgd_steps=10, dtype=torch.float64, seed=3,
+                      pgd_eps_grid=[0.0, 0.01, 0.05], pgd_loss="margin")
+    assert coarse.verified_error == full.verified_error          # PGD settings leave verification alone
+    attacked = [i for i, p in enumerate(coarse.pgd_error) if p == p]
+    assert attacked == [0, 3, 5]                                  # NaN where no attack ran
+    assert coarse.pgd["loss"] == "margin" and coarse.pgd["eps"] == [0.0, 0.01, 0.05]
+    assert coarse.to_dict()["pgd_error"][1] is None               # null in JSON, not NaN
+    assert "-" in format_table(coarse).splitlines()[2]
+    assert plot_drawdown([coarse.to_dict()], tmp_path / "d.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="not on the verification grid"):
+        evaluate(model, loader, GRID, verifiers=["ibp"], pgd_steps=1, pgd_eps_grid=[0.03])
+
+
+def test_pgd_config_keys_are_validated():
+    cfg = make_config(None, ["eval.pgd_loss=margin", "eval.eps_grid=0:0.5:0.01", "eval.pgd_eps_grid=0:0.5:0.05"])
+    assert cfg["eval"]["pgd_loss"] == "margin"
+    from gmbound.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pgd_loss"):
+        make_config(None, ["eval.pgd_loss=hinge"])
+    with pytest.raises(ConfigError, match="pgd_eps_grid"):
+        make_config(None, ["eval.eps_grid=0:0.5:0.1", "eval.pgd_eps_grid=0.05"])

@@ -199,3 +199,13 @@ def test_stochastic_train_verified_error_is_the_drawn_radius_fraction():
     assert verified_error_kind(base) == "drawn radius"
     assert verified_error_kind({**base, "stochastic": False}) == "eps"
     assert verified_error_kind({**base, "method": "crown-ibp"}) == "eps"
+
+
+def test_fractional_warmup_and_ramp_epochs_round_to_whole_batches():
+    from gmbound.train import make_schedule
+
+    cfg = make_config(None, ["train.warmup_epochs=0.5", "train.ramp_epochs=2.5", "train.eps=0.4"])
+    schedule = make_schedule(cfg["train"], steps_per_epoch=10)
+    assert (schedule.warmup_steps, schedule.ramp_steps) == (5, 25)
+    assert schedule(4).eps == 0.0 and schedule(5 + 25).eps == pytest.approx(0.4)
+    assert 0.0 < schedule(17).eps < 0.4

@@ -211,8 +211,15 @@ class BoundedModule(nn.Module):
         return self._model(self._set_input(inputs))
 
     # ------------------------------------------------------------------ bounds
+    def _check_own_hooks(self) -> None:
+        """A hook on this wrapper changes ``model(x)`` but not the bounds (the model's own are checked natively)."""
+        if self._forward_hooks or self._forward_pre_hooks:
+            raise UnsupportedLayerError("gmbound.compat.BoundedModule has a forward hook or pre-hook: it would change "
+                                        "model(x) but not the bounds. Remove it (handle.remove())")
+
     def _radius_bounds(self, x, eps, x_min, x_max, C, method, beta, bound_lower, bound_upper):
         """gmbound's bounds with the radius axis kept; the lower or upper one None where not wanted."""
+        self._check_own_hooks()
         net = self._net
         if bound_lower or C is None:
             b = net.bounds(x, eps, C, method=method, beta=beta, x_min=x_min, x_max=x_max, bound_upper=bound_upper)
@@ -310,5 +317,6 @@ class BoundedModule(nn.Module):
             self._set_input(x)
         plain, ptb = self._current()
         gm_eps, _, x_min, x_max = nested_boxes(plain, ptb, None, eps)
+        self._check_own_hooks()
         return _native_gm_loss(self._net, plain, y, gm_eps, n_radii=n_radii, weights=weights, kappa=kappa, beta=beta,
                                method=gm_method, x_min=x_min, x_max=x_max, stochastic=stochastic, generator=generator)

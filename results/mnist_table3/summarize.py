@@ -1,0 +1,135 @@
+"""Table 3 summary: our numbers (mean and min-max over seeds) beside the paper's, and Fig. 3a/3b.
+
+Run from the repository root after finish_arm.sh:  python3 results/mnist_table3/summarize.py
+Reads results/mnist_table3/<arm>/eval_<arm>.json (arm = eps<E>_<method>[-<variant>]_s<seed>) and
+writes summary.md (tables) and drawdown_eps<E>_verified.png / drawdown_eps<E>_pgd.png here.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ARM = re.compile(r"eps(?P<eps>[0-9.]+)_(?P<method>[a-z-]+?)(?:-(?P<variant>uniform|exact\S*|n\d+\S*))?_s(?P<seed>\d+)$")
+
+# Liang et al., FITEE 24(10), 2023, Table 3 (MNIST): standard error, and verified error per eps_eval (%)
+PAPER = {
+    ("0.5", "ibp"): (46.38, {0.2: 62.79, 0.3: 72.14, 0.4: 81.92}),
+    ("0.5", "crown-ibp"): (17.13, {0.2: 36.19, 0.3: 48.55, 0.4: 65.48}),
+    ("0.5", "gm-crown-ibp"): (7.98, {0.2: 16.00, 0.3: 24.03, 0.4: 43.73}),
+    ("0.6", "ibp"): (30.34, {0.25: 61.73, 0.35: 88.70}),
+    ("0.6", "crown-ibp"): (16.47, {0.25: 48.85, 0.35: 80.72}),
+    ("0.6", "gm-crown-ibp"): (17.10, {0.25: 31.25, 0.35: 50.14}),
+}
+METHODS = ("ibp", "crown-ibp", "gm-crown-ibp")
+
+
+def load_arms() -> dict[tuple[str, str], list[dict]]:
+    """(eps_train, method[-variant]) -> eval JSONs, one per seed."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for folder in sorted(p for p in HERE.iterdir() if p.is_dir()):
+        m = ARM.match(folder.name)
+        files = list(folder.glob("eval_*.json"))
+        if not m or not files:
+            continue
+        data = json.loads(files[0].read_text())
+        data["seed"] = int(m["seed"])
+        key = m["method"] + (f"-{m['variant']}" if m["variant"] else "")
+        groups[(m["eps"], key)].append(data)
+    return groups
+
+
+def at(data: dict, column: str, eps: float) -> float | None:
+    """Error (%) of one eval JSON at radius ``eps``; column: ibp, crown-ibp, any, pgd, standard."""
+    if column == "standard":
+        return 100 * data["standard_error"]
+    for i, e in enumerate(data["eps"]):
+        if abs(e - eps) < 1e-9:
+            value = {"any": data["verified_error_any"], "pgd": data["pgd_error"]}.get(column)
+            value = value[i] if value is not None else data["verified_error"][column][i]
+            return None if value is None else 100 * value
+    return None
+
+
+def spread(values: list[float | None]) -> str:
+    """``mean [min-max]`` over seeds (just the value for one seed)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{statistics.mean(vals):.2f} [{min(vals):.2f}-{max(vals):.2f}]"
+
+
+def tables(groups) -> str:
+    lines = ["## Beside the paper's Table 3 (standard / IBP-verified error, %)", "",
+             "Ours: mean [min-max] over seeds (n = seeds); paper: Liang et al. 2023, Table 3.", "",
+             "| eps_train | eps_eval | method | n | ours: standard | ours: verified (IBP) | ours: verified (CROWN-IBP) "
+             "| ours: verified (any) | ours: PGD | paper: standard / verified |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (eps_train, method), (paper_std, paper_ver) in PAPER.items():
+        runs = groups.get((eps_train, method), [])
+        for eps_eval, paper_v in paper_ver.items():
+            cells = [spread([at(r, c, eps_eval) for r in runs]) for c in ("standard", "ibp", "crown-ibp", "any", "pgd")]
+            lines.append(f"| {eps_train} | {eps_eval} | {method} | {len(runs)} | " + " | ".join(cells)
+                         + f" | {paper_std:.2f} / {paper_v:.2f} |")
+    extra = sorted(k for k in groups if k not in PAPER)
+    if extra:
+        lines += ["", "## Ablations (eps_train 0.5; standard / verified error %, IBP-verified unless noted)", "",
+                  "| arm | n | standard | IBP @0.2 | IBP @0.3 | IBP @0.4 | IBP @0.5 | any @0.3 | PGD @0.3 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for key in extra:
+            runs = groups[key]
+            cells = [spread([at(r, "standard", 0) for r in runs])]
+            cells += [spread([at(r, "ibp", e) for r in runs]) for e in (0.2, 0.3, 0.4, 0.5)]
+            cells += [spread([at(r, "any", 0.3) for r in runs]), spread([at(r, "pgd", 0.3) for r in runs])]
+            lines.append(f"| eps{key[0]} {key[1]} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figures(groups) -> list[Path]:
+    """Fig. 3a (IBP-verified error vs eps) and 3b (total error under PGD), mean and min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    written = []
+    for eps_train in sorted({k[0] for k in groups}):
+        for kind, column, ylabel in (("verified", "ibp", "IBP-verified error (%)"),
+                                     ("pgd", "pgd", "total error under PGD (%)")):
+            fig, ax = plt.subplots(figsize=(6.4, 4.4))
+            for method in sorted(k[1] for k in groups if k[0] == eps_train):
+                runs = groups[(eps_train, method)]
+                eps = [e for e in runs[0]["eps"] if at(runs[0], column, e) is not None]
+                curves = [[at(r, column, e) for e in eps] for r in runs]
+                mean = [statistics.mean(c[i] for c in curves) for i in range(len(eps))]
+                line, = ax.plot(eps, mean, lw=2, marker="." if kind == "pgd" else None,
+                                label=f"{method} (n = {len(runs)})")
+                if len(runs) > 1:
+                    ax.fill_between(eps, [min(c[i] for c in curves) for i in range(len(eps))],
+                                    [max(c[i] for c in curves) for i in range(len(eps))],
+                                    color=line.get_color(), alpha=0.2)
+            ax.set_xlabel(r"$\epsilon_{eval}$ ($\ell_\infty$, pixels in [0, 1])")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(0, 101)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"MNIST, DM-small, eps_train {eps_train}")
+            ax.legend(fontsize=8, loc="upper left")
+            fig.tight_layout()
+            path = HERE / f"drawdown_eps{eps_train}_{kind}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    groups = load_arms()
+    (HERE / "summary.md").write_text(tables(groups))
+    for p in figures(groups):
+        print("wrote", p.name)
+    print((HERE / "summary.md").read_text())
