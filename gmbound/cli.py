@@ -251,14 +251,16 @@ def _load_result_file(path: str, load_result) -> dict:
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: corrupt JSON ({err})") from None
     except (ValueError, TypeError) as err:  # a JSON list or number: load_result's key check fails
-        raise ConfigError(f"{path}: not a gmbound eval JSON ({err})") from None
+        text = str(err)
+        raise ConfigError(text if text.startswith(str(path)) else f"{path}: not a gmbound eval JSON ({text})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: not a gmbound eval JSON (top level is not an object)")
     eps = data["eps"]
     for key in ("eps", "verified_error_any", "pgd_error"):
         value = data[key]
+        # null: a radius PGD did not attack (eval.pgd_eps_grid), or a NaN written by json
         if not isinstance(value, list) or len(value) != len(eps) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value):
             raise ConfigError(f"{path}: not a gmbound eval JSON ({key!r} is not a list of "
                               f"{len(eps) if isinstance(eps, list) else 'n'} numbers)")
     return data

@@ -190,6 +190,15 @@ def _cases():
     return c
 
 
+def test_plot_accepts_results_with_unattacked_radii(tmp_path, capsys):
+    """A PGD grid coarser than the verification grid leaves null PGD errors: still a valid result."""
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"eps": [0.0, 0.1, 0.2], "verified_error_any": [0.1, 0.5, 0.9],
+                                "pgd_error": [0.1, None, 0.3], "verified_error": {"ibp": [0.1, 0.5, 0.9]}}))
+    assert main(["plot", str(path), "-o", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").is_file()
+
+
 def _json(tmp_path: Path, kind: str) -> Path:
     path = tmp_path / f"{kind}.json"
     good = {"eps": [0.0, 0.1], "verified_error_any": [0.1, 0.5], "pgd_error": [0.1, 0.3],
@@ -203,7 +212,7 @@ def _json(tmp_path: Path, kind: str) -> Path:
     elif kind == "list":
         path.write_text("[1, 2, 3]")
     else:
-        path.write_text(json.dumps({**good, "pgd_error": ["a", None]}))
+        path.write_text(json.dumps({**good, "pgd_error": ["a", 0.2]}))
     return path
 
 
