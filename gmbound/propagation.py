@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from . import memory
 from .graph import BoundGraph
 from .ops.base import Interval, Shape, materialise
 
@@ -157,12 +158,14 @@ def _identity_rows(shape: tuple[int, ...], rows: slice, batch: int, like: torch.
     return eye.reshape((1, 1, len(idx)) + shape).expand(1, batch, len(idx), *shape)
 
 
-def full_crown_pre_relu(graph: BoundGraph, shapes: list[Shape], box: Pair, prims, chunk: int) -> dict[int, Pair]:
+def full_crown_pre_relu(graph: BoundGraph, shapes: list[Shape], box: Pair, prims,
+                        chunk: Optional[int] = None) -> dict[int, Pair]:
     """Pre-activation bounds of every ReLU, each from its own CROWN backward pass.
 
     Each layer's bounds are intersected with the interval step from the tightened bounds below
     it: both are sound, so the intersection is sound and at least as tight as either.
-    ``chunk`` limits the identity rows back-substituted at once (memory ``~ chunk x layer size``).
+    ``chunk`` limits the identity rows back-substituted at once (memory ``~ chunk x layer size``);
+    None derives it per layer from the memory budget (``gmbound.memory``).
     """
     state = IntervalState(box)
     for j in graph.relus(graph.ancestors([graph.output])):
@@ -172,9 +175,11 @@ def full_crown_pre_relu(graph: BoundGraph, shapes: list[Shape], box: Pair, prims
         if graph.relus(graph.ancestors([p])) or not _block_is_exact(graph, p):
             batch = box[0].shape[1]
             d = lower[0, 0].numel()
+            step = chunk or memory.crown_chunk(d, lower.shape[0], batch, memory.widest_layer(shapes[:j + 1]),
+                                               lower.dtype, lower.device)
             lows, ups = [], []
-            for s in range(0, d, chunk):
-                eye = _identity_rows(shapes[p], slice(s, min(d, s + chunk)), batch, lower)
+            for s in range(0, d, step):
+                eye = _identity_rows(shapes[p], slice(s, min(d, s + step)), batch, lower)
                 spec = torch.cat([eye, -eye], dim=2)
                 reached, bias = backward(graph, shapes, p, spec, set(), state.pre_relu, prims)
                 lb = _concretize(reached, state.values, prims) + bias  # [N, B, 2k]
@@ -191,7 +196,7 @@ def full_crown_pre_relu(graph: BoundGraph, shapes: list[Shape], box: Pair, prims
 
 
 def full_crown_bounds(graph: BoundGraph, shapes: list[Shape], box: Pair, spec: torch.Tensor, prims,
-                      chunk: int = 512) -> torch.Tensor:
+                      chunk: Optional[int] = None) -> torch.Tensor:
     """Full CROWN lower bound of ``spec . f(x')``: every ReLU relaxed with CROWN pre-activation bounds.
 
     Tighter intermediate bounds do not make the final CROWN bound tighter entry by entry (the

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from torch import nn
 
 from .bound_ops import (Bound, BoundExp, BoundGatherElements, BoundInput, BoundReduceSum, BoundSub,
-                        node_class_for)
+                        node_class_for, node_class_for_op)
 
 
 def named_leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -31,15 +31,13 @@ def build_node_graph(sequential: nn.Module, prefix: str = "", loss_fusion_wrappe
     """Nodes in graph order, keyed by name; each node's ``input_name``/``output_name`` filled in.
 
     ``prefix``: the path of ``sequential`` inside the wrapped model (``"model."`` in a wrapper).
-    A model that is not a Sequential (traced by ``gmbound.tracing``) gets one node per node of its
-    ``bound_graph`` (``gmbound.graph.BoundGraph``), linked as that graph is.
     """
+    if bound_graph is not None and not isinstance(sequential, nn.Sequential):  # a traced model
+        return build_node_graph_from(bound_graph, sequential, prefix, loss_fusion_wrapper)[0]
     nodes: list[Bound] = [BoundInput("", "input_0")]
     if loss_fusion_wrapper:
         nodes.append(BoundInput("", "input_1"))
     chain_start = len(nodes)
-    if bound_graph is not None and not isinstance(sequential, nn.Sequential):
-        return _traced_node_graph(nodes, bound_graph, loss_fusion_wrapper)
     for path, layer in named_leaves(sequential, prefix):
         nodes.append(node_class_for(layer)("", path, layer))
     model_output = len(nodes) - 1
@@ -62,27 +60,43 @@ def build_node_graph(sequential: nn.Module, prefix: str = "", loss_fusion_wrappe
     return OrderedDict((node.name, node) for node in nodes)
 
 
-def _traced_node_graph(nodes: list[Bound], bound_graph, loss_fusion_wrapper: bool) -> "OrderedDict[str, Bound]":
-    first = len(nodes)  # bound-graph node i (i >= 1) is nodes[first + i - 1]; node 0 is input_0
-    for node in bound_graph.nodes[1:]:
-        layer = node.op.module
-        nodes.append((node_class_for(layer) if layer is not None else Bound)("", node.op.where, layer))
+def build_node_graph_from(graph, model: nn.Module, prefix: str = "", loss_fusion_wrapper: bool = False
+                          ) -> tuple["OrderedDict[str, Bound]", str]:
+    """Nodes of a traced model's bound graph (``gmbound.graph.BoundGraph``), and its output node's name.
 
-    def at(i: int) -> Bound:
-        return nodes[0] if i == 0 else nodes[first + i - 1]
-
-    links = [(at(j), at(i)) for i, node in enumerate(bound_graph.nodes[1:], start=1) for j in node.inputs]
+    ``graph.nodes[0]`` is the input; node ``i`` becomes ``"/{i + offset}"`` (offset 1 with the labels
+    input of a loss-fusion wrapper), so, as for chains, the wrapper shifts every number by one.
+    """
+    paths = {id(m): f"{prefix}{name}" for name, m in model.named_modules() if name}
+    nodes: list[Bound] = [BoundInput("", "input_0")]
     if loss_fusion_wrapper:
-        gather, sub, exp, total = (BoundGatherElements("", "gather"), BoundSub("", "sub"), BoundExp("", "exp"),
-                                   BoundReduceSum("", "sum"))
-        nodes += [gather, sub, exp, total]
-        out = at(bound_graph.output)
-        links += [(out, gather), (nodes[1], gather), (out, sub), (gather, sub), (sub, exp), (exp, total)]
+        nodes.append(BoundInput("", "input_1"))
+    offset = len(nodes) - 1
+    for gnode in graph.nodes[1:]:
+        op = gnode.op
+        module = getattr(op, "module", None)
+        ori = paths.get(id(module)) if module is not None else None
+        nodes.append(node_class_for_op(op)("", ori or getattr(op, "where", type(op).__name__), module))
     for k, node in enumerate(nodes):
         node.name = f"/{k}"
-    for src, dst in links:
-        _link(src, dst)
-    return OrderedDict((node.name, node) for node in nodes)
+    for i, gnode in enumerate(graph.nodes[1:], start=1):
+        for j in gnode.inputs:
+            _link(nodes[j + offset if j > 0 else 0], nodes[i + offset])
+    model_output = nodes[graph.output + offset]
+    if loss_fusion_wrapper:
+        loss_nodes = [BoundGatherElements("", "gather"), BoundSub("", "sub"), BoundExp("", "exp"),
+                      BoundReduceSum("", "sum")]
+        for node in loss_nodes:
+            node.name = f"/{len(nodes)}"
+            nodes.append(node)
+        gather, sub, exp, total = loss_nodes
+        _link(model_output, gather)
+        _link(nodes[1], gather)
+        _link(model_output, sub)
+        _link(gather, sub)
+        _link(sub, exp)
+        _link(exp, total)
+    return OrderedDict((node.name, node) for node in nodes), model_output.name
 
 
 def _link(src: Bound, dst: Bound) -> None:
