@@ -9,9 +9,10 @@ control flow cannot be traced at all; that error names the line too.
 """
 from __future__ import annotations
 
+import linecache
 import operator
 import os
-import re
+import sys
 from typing import Any, Optional
 
 import torch
@@ -25,7 +26,6 @@ from .ops.registry import (BATCH, Call, ConstArg, TensorArg, build_module_op, fu
                            supported_functions, supported_layers)
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
-_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n\s*(?P<code>[^\n]*)')
 
 
 class _Shape:
@@ -48,9 +48,17 @@ class BoundTracer(fx.Tracer):
     bounded is what it computes.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.record_stack_traces = True
+    def create_node(self, *args, **kwargs) -> fx.Node:
+        # The user's source line, found by walking the Python frames: cheap. (fx's own
+        # record_stack_traces symbolizes native frames too, which took seconds on a first call.)
+        node = super().create_node(*args, **kwargs)
+        frame = sys._getframe(1)
+        while frame is not None and _internal(frame.f_code.co_filename):
+            frame = frame.f_back
+        if frame is not None:
+            code = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+            node.meta["gmbound_source"] = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}: {code}"
+        return node
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         rule = module_rule(m)
@@ -59,18 +67,21 @@ class BoundTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
+def _internal(file: str) -> bool:
+    """A frame of torch or of code it generated (fx's exec'd wrappers): not the model's own code."""
+    return file.startswith(_TORCH_DIR) or file.startswith("<")
+
+
 def _user_frame(frames: list[tuple[str, int, str]]) -> str:
     """``file:line: code`` of the innermost frame outside torch (the model's own code)."""
     for file, line, code in reversed(frames):
-        if not file.startswith(_TORCH_DIR) and not file.startswith(os.path.dirname(__file__)):
+        if not _internal(file):
             return f"{os.path.basename(file)}:{line}: {code.strip()}"
     return ""
 
 
 def _node_location(node: fx.Node) -> str:
-    trace = node.meta.get("stack_trace") or getattr(node, "stack_trace", None) or ""
-    frames = [(m["file"], int(m["line"]), m["code"]) for m in _FRAME.finditer(trace)]
-    return _user_frame(frames)
+    return node.meta.get("gmbound_source", "")
 
 
 def _target_name(node: fx.Node, model: nn.Module) -> str:
