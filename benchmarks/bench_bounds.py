@@ -20,7 +20,7 @@ Options beyond the grid:
   ``auto_LiRPA`` imports (put its source on PYTHONPATH; it is not a dependency of gmbound);
 * ``--flops``: count the floating-point operations of the products of the gm-train step (the
   reference path under ``torch.utils.flop_counter``, untiled: every convolution and matrix product
-  of the bound pass and of its backward, 2 per multiply-add) and report the fraction of the CPU's
+  of the bound pass and of its backward, 2 per multiply-add, with torch's FLOP formulas) and report the fraction of the CPU's
   FP32 FMA peak each backend reaches (``--peak-gflops``, else cores x FLOP/cycle x clock);
 * a summary of cost(N) / cost(N = 1) per model, task, backend and batch (when N = 1 was run). Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak of the C heap
 in use above its level before the call (glibc ``mallinfo2``, sampled every millisecond: an
@@ -287,19 +287,32 @@ def count_step_gflop(model, x, y, eps: float, n_radii: int) -> float:
     Counted on the reference path, untiled, with ``torch.utils.flop_counter`` (2 FLOPs per
     multiply-add): the products the step must do; the element-wise work around them is not counted.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
 
-    from gmbound.engine import set_tile_budget, tile_budget
+    from gmbound.engine import set_tile_budget
 
-    saved = tile_budget(x.device)
+    class Count(TorchDispatchMode):
+        # torch's FlopCounterMode also installs a global module hook, which gmbound refuses to
+        # bound through (it could change a layer's output); this counts with the same formulas.
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            packet = func._overloadpacket
+            if packet in flop_registry:
+                Count.total += flop_registry[packet](*args, **kwargs, out_val=out)
+            return out
+
     set_tile_budget(0)
     try:
         fn = task_fn("gm-train", model, x, y, eps, n_radii, "reference")
-        with FlopCounterMode(display=False) as counter:
+        with Count():
             fn()
     finally:
-        set_tile_budget(saved)
-    return counter.get_total_flops() / 1e9
+        set_tile_budget(None)
+    return Count.total / 1e9
 
 
 def cpu_peak_gflops(threads: int, flops_per_cycle: Optional[float]) -> tuple[float, str]:
