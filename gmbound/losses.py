@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bounded import BoundedSequential
+from .certificates import clean_margins, correct_mask, verified_mask
 from .specification import robust_logits
-from .validation import BoundInputError, DomainLike
+from .validation import BoundInputError, DomainLike, check_labels
 
 WeightShape = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -108,11 +109,18 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
     if float(radii[-1]) == 0.0:
         # eps = 0 (warm-up): the box is the point x, so m is the clean margin and
         # CE(-m, y) = CE(f(x) - f_y(x), y) = CE(f(x), y) exactly (softmax is shift-invariant).
+        # The same checks on x, y and the domain as at eps > 0 (labels out of range are refused here too).
+        x, _, _, _ = net._prepare(x, radii, x_min, x_max)
         logits = net(x)
+        if logits.dim() != 2:
+            raise BoundInputError(f"the GM loss needs logits [B, n_classes]; the model outputs {tuple(logits.shape)}")
+        check_labels(y, x, logits.shape[1])
         natural_loss = F.cross_entropy(logits, y)
-        natural_error = (logits.argmax(1) != y).to(x.dtype).mean()
-        return GMLossResult(natural_loss, natural_loss, natural_loss, natural_error,
-                            natural_error.detach().expand(n_radii).clone(), radii, c, logits)
+        natural_error = (~correct_mask(logits, y)).to(x.dtype).mean()
+        # verified at radius 0: every clean margin > 0 (a tie or a NaN logit certifies nothing)
+        unverified = (~verified_mask(clean_margins(logits, y))).to(x.dtype).mean()
+        return GMLossResult(natural_loss, natural_loss, natural_loss, natural_error.detach(),
+                            unverified.detach().expand(n_radii).clone(), radii, c, logits)
     if stochastic:
         index = torch.multinomial(c, x.shape[0], replacement=True, generator=generator)  # [B]
         sample_radii = radii[index].unsqueeze(0)                                         # [1, B]
@@ -120,7 +128,7 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
                                                  x_min=x_min, x_max=x_max, backend=backend)
         n_classes = logits.shape[1]
         robust_loss = F.cross_entropy(robust_logits(margins[0], y, n_classes), y)
-        unverified = (margins[0] <= 0).any(-1).to(x.dtype)                              # [B]
+        unverified = (~verified_mask(margins[0])).to(x.dtype)                           # [B]; NaN: unverified
         counts = torch.bincount(index, minlength=n_radii).to(x.dtype)
         sums = torch.zeros(n_radii, dtype=x.dtype, device=x.device).index_add_(0, index, unverified)
         verified_error = sums / counts  # NaN where no sample drew the radius
@@ -131,9 +139,9 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
         ce = F.cross_entropy(robust_logits(margins, y, n_classes).flatten(0, 1), y.repeat(n_radii),
                              reduction="none").view(n_radii, -1).mean(1)                 # [N]
         robust_loss = (c * ce).sum()
-        verified_error = (margins <= 0).any(-1).to(x.dtype).mean(1)
+        verified_error = (~verified_mask(margins)).to(x.dtype).mean(1)
     natural_loss = F.cross_entropy(logits, y)
-    natural_error = (logits.argmax(1) != y).to(x.dtype).mean()
+    natural_error = (~correct_mask(logits, y)).to(x.dtype).mean()
     loss = kappa * natural_loss + (1 - kappa) * robust_loss
     return GMLossResult(loss, natural_loss, robust_loss, natural_error.detach(), verified_error.detach(),
                         radii, c, logits, index if stochastic else None)
