@@ -12,7 +12,7 @@ from .engine import get_primitives
 from .network import BoundOp, ChannelAffineOp, UnsupportedLayerError, build_ops, infer_shapes, shape_signature
 from .specification import margin_spec
 from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_radii, check_domain,
-                         check_input, check_labels, check_spec)
+                         check_count, check_input, check_labels, check_spec)
 
 METHODS = ("ibp", "crown-ibp", "crown")
 _METHOD_ALIASES = {"ibp": "ibp", "crown-ibp": "crown-ibp", "crown_ibp": "crown-ibp", "crownibp": "crown-ibp",
@@ -134,6 +134,7 @@ class BoundedSequential(nn.Module):
         """
         ops = self._ops()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
+        crown_chunk = check_count(crown_chunk, "crown_chunk", "identity rows per full-CROWN backward pass")
         if any(isinstance(op, ChannelAffineOp) and op.uses_batch_stats for op in ops):
             # train-mode BatchNorm: bound with this batch's statistics, leaving the running ones alone
             self._clean_forward(ops, x, update_running_stats=False)
@@ -159,6 +160,11 @@ class BoundedSequential(nn.Module):
         n_out = 1
         for s in out_shape:
             n_out *= s
+        if x.shape[0] == 0:  # an empty batch: empty bounds of the right shape, on every backend
+            if C is not None:
+                check_spec(C, x, n_out)
+            empty = x.new_zeros((radii.shape[0], 0) + ((C.shape[1],) if C is not None else out_shape))
+            return Bounds(empty, empty.clone() if bound_upper else None)
         prims = get_primitives(backend, x.device)
         box = prims.input_box(x, radii, lo, hi)
         if C is None:

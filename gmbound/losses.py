@@ -15,7 +15,7 @@ from torch import nn
 from .bounded import BoundedSequential
 from .certificates import clean_margins, correct_mask, verified_mask
 from .specification import robust_logits
-from .validation import BoundInputError, DomainLike, check_labels
+from .validation import BoundInputError, DomainLike, check_count, check_labels
 
 WeightShape = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -33,8 +33,7 @@ WEIGHT_SHAPES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def gm_radii(eps: Union[float, torch.Tensor], n_radii: int, dtype: torch.dtype = torch.float32,
              device: Optional[torch.device] = None) -> torch.Tensor:
     """The GRT radii ``r_i = i/N * eps`` for ``i = 1..N``: ``[N]``."""
-    if n_radii < 1:
-        raise BoundInputError(f"n_radii must be at least 1, got {n_radii}")
+    n_radii = check_count(n_radii, "n_radii", "the number of radii")
     eps_t = torch.as_tensor(eps, dtype=dtype, device=device)
     if eps_t.dim() != 0:
         raise BoundInputError(f"eps must be a single number for the GM loss, got shape {tuple(eps_t.shape)}")
@@ -50,8 +49,7 @@ def radius_weights(n_radii: int, shape: WeightShape = "inverse", dtype: torch.dt
     ``shape`` is a name from ``WEIGHT_SHAPES`` or a callable mapping the relative radii
     ``t_i = i/N`` (``[N]``) to non-negative unnormalised weights.
     """
-    if n_radii < 1:
-        raise BoundInputError(f"n_radii must be at least 1, got {n_radii}")
+    n_radii = check_count(n_radii, "n_radii", "the number of radii")
     if isinstance(shape, str):
         if shape not in WEIGHT_SHAPES:
             raise BoundInputError(f"unknown weight shape {shape!r}; choose one of {sorted(WEIGHT_SHAPES)} "
@@ -104,6 +102,8 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
     if not 0.0 <= float(kappa) <= 1.0:
         raise BoundInputError(f"kappa must lie in [0, 1], got {float(kappa)}")
     net = model if isinstance(model, BoundedSequential) else BoundedSequential(model)
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == 0:
+        raise BoundInputError("x is an empty batch (B = 0): the GM loss, a mean over the batch, is undefined")
     radii = gm_radii(eps, n_radii, x.dtype, x.device)
     c = radius_weights(n_radii, weights, x.dtype, x.device)
     if float(radii[-1]) == 0.0:
