@@ -9,7 +9,20 @@ For every model, number of radii N and backend (reference, cpu, cuda: those avai
 
 Each case is warmed up once per backend, then timed ``--repeats`` times with the backends
 interleaved (so a busy machine slows them alike); the median is reported with its ratio to the
-reference. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak of the C heap
+reference. Besides wall time, the process CPU time of each call is kept (``cpu ms``): at one
+thread it is what the call cost, even when other jobs share the cores (wall time then includes
+waiting for a core).
+
+Options beyond the grid:
+
+* ``--lirpa``: add the baseline "a per-radius loop over auto_LiRPA" (CROWN-IBP with its default
+  adaptive slopes, one ``compute_bounds`` per radius; the GM loss summed over the loop), when
+  ``auto_LiRPA`` imports (put its source on PYTHONPATH; it is not a dependency of gmbound);
+* ``--flops``: count the floating-point operations of the products of the gm-train step (the
+  reference path under ``torch.utils.flop_counter``, untiled: every convolution and matrix product
+  of the bound pass and of its backward, 2 per multiply-add) and report the fraction of the CPU's
+  FP32 FMA peak each backend reaches (``--peak-gflops``, else cores x FLOP/cycle x clock);
+* a summary of cost(N) / cost(N = 1) per model, task, backend and batch (when N = 1 was run). Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak of the C heap
 in use above its level before the call (glibc ``mallinfo2``, sampled every millisecond: an
 estimate that can miss very short peaks; "n/a" where glibc is not there).
 
@@ -65,6 +78,9 @@ class Result:
     unit: str
     peak_mem_mb: Optional[float]
     ratio_vs_reference: Optional[float] = None
+    cpu_median_s: Optional[float] = None  # process CPU time (all threads) of one call, median
+    cpu_times_s: Optional[list] = None
+    gflop: Optional[float] = None          # FLOPs of the step's products (--flops), in 1e9
 
 
 # ----------------------------------------------------------------------------- environment
@@ -153,15 +169,15 @@ class HeapSampler:
 _HEAP = _heap_reader()
 
 
-def timed(fn: Callable[[], None], device: torch.device) -> float:
-    """Seconds for one call (the GPU synchronised before and after)."""
+def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """Wall and process CPU seconds for one call (the GPU synchronised before and after)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def peak_memory_mb(fn: Callable[[], None], device: torch.device) -> Optional[float]:
@@ -214,33 +230,167 @@ def task_fn(task: str, model, x, y, eps: float, n_radii: int, backend: str) -> C
     raise ValueError(f"unknown task {task!r}")
 
 
-def available_backends(device: torch.device, wanted: Optional[list[str]]) -> list[str]:
+def lirpa_available() -> bool:
+    try:
+        import auto_LiRPA  # noqa: F401
+    except Exception:  # not installed, or its optional dependencies are missing
+        return False
+    return True
+
+
+def lirpa_task_fn(task: str, model, x, y, eps: float, n_radii: int) -> Callable[[], None]:
+    """The baseline: one auto_LiRPA CROWN-IBP (or IBP) bound per radius, as a user without gmbound writes it."""
+    from auto_LiRPA import BoundedModule, BoundedTensor
+    from auto_LiRPA.perturbations import PerturbationLpNorm
+
+    from gmbound.losses import radius_weights
+    from gmbound.specification import margin_spec, robust_logits
+
+    lirpa = BoundedModule(model, torch.zeros_like(x[:1]), device=x.device)
+    radii = gm_radii(eps, n_radii, x.dtype, x.device)
+    weights = radius_weights(n_radii, "inverse", x.dtype, x.device)
+    n_classes = 10
+    spec = margin_spec(y, n_classes, dtype=x.dtype)
+
+    def margins(r: float) -> torch.Tensor:
+        ptb = PerturbationLpNorm(norm=float("inf"), eps=r, x_L=(x - r).clamp(0, 1), x_U=(x + r).clamp(0, 1))
+        bx = BoundedTensor(x, ptb)
+        if task == "ibp":
+            lb, _ = lirpa.compute_bounds(x=(bx,), C=spec, IBP=True, method=None, bound_upper=False)
+        else:
+            lb, _ = lirpa.compute_bounds(x=(bx,), C=spec, IBP=True, method="backward", bound_upper=False)
+        return lb
+
+    if task in ("ibp", "crown-ibp"):
+        model.eval()
+
+        def run():
+            with torch.no_grad():
+                for r in radii.tolist():
+                    margins(r)
+        return run
+    model.train()
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        loss = 0.0
+        for i, r in enumerate(radii.tolist()):
+            lb = margins(r)
+            loss = loss + weights[i] * torch.nn.functional.cross_entropy(robust_logits(lb, y, n_classes), y)
+        loss.backward()
+    return run
+
+
+def count_step_gflop(model, x, y, eps: float, n_radii: int) -> float:
+    """FLOPs (1e9) of the convolutions and matrix products of one GM-CROWN-IBP step, forward and backward.
+
+    Counted on the reference path, untiled, with ``torch.utils.flop_counter`` (2 FLOPs per
+    multiply-add): the products the step must do; the element-wise work around them is not counted.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gmbound.engine import set_tile_budget, tile_budget
+
+    saved = tile_budget(x.device)
+    set_tile_budget(0)
+    try:
+        fn = task_fn("gm-train", model, x, y, eps, n_radii, "reference")
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        set_tile_budget(saved)
+    return counter.get_total_flops() / 1e9
+
+
+def cpu_peak_gflops(threads: int, flops_per_cycle: Optional[float]) -> tuple[float, str]:
+    """FP32 FMA peak of ``threads`` cores from the clock in /proc/cpuinfo, and how it was derived."""
+    mhz, flags, vendor = None, "", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key == "cpu MHz" and mhz is None:
+                    mhz = float(val)
+                elif key == "flags" and not flags:
+                    flags = val
+                elif key == "vendor_id" and not vendor:
+                    vendor = val.strip()
+    except OSError:
+        pass
+    if flops_per_cycle is None:
+        # two FMA pipes per core: 512-bit on Intel AVX-512 server parts; AMD Zen 4 runs AVX-512 on
+        # 256-bit pipes (double-pumped), like AVX2 + FMA cores: 2 pipes x 8 lanes x 2 FLOPs
+        wide = "avx512f" in flags.split() and vendor == "GenuineIntel"
+        flops_per_cycle = 64.0 if wide else 32.0 if "fma" in flags.split() else 8.0
+    if mhz is None:
+        return float("nan"), "unknown clock"
+    peak = threads * flops_per_cycle * mhz / 1e3
+    return peak, f"{threads} core(s) x {flops_per_cycle:g} FP32 FLOP/cycle x {mhz:.0f} MHz (cpuinfo)"
+
+
+def available_backends(device: torch.device, wanted: Optional[list[str]], lirpa: bool = False) -> list[str]:
     backends = ["reference"]
     if compiled_available(device.type):
         backends.append(device.type)
+    if lirpa:
+        if lirpa_available():
+            backends.append("auto_lirpa")
+        else:
+            print("auto_LiRPA does not import: the per-radius auto_LiRPA loop is skipped")
     if wanted:
         backends = [b for b in backends if b in wanted]
     return backends
 
 
-def run_case(name, n_radii, task, batch, device, backends, repeats) -> list[Result]:
+def with_tile_budget(fn: Callable[[], None], megabytes: float) -> Callable[[], None]:
+    """``fn`` run under a tile budget of ``megabytes`` (0: untiled, the engine before tiling)."""
+    from gmbound.engine import set_tile_budget
+
+    def run():
+        set_tile_budget(int(megabytes * 2 ** 20))
+        try:
+            fn()
+        finally:
+            set_tile_budget(None)
+    return run
+
+
+def run_case(name, n_radii, task, batch, device, backends, repeats, flops: bool = False,
+             tile_mb: Optional[list[float]] = None) -> list[Result]:
     model, x, y, eps = make_case(name, batch, device)
-    fns = {b: task_fn(task, model, x, y, eps, n_radii, b) for b in backends}
+    fns = {}
+    for b in backends:
+        if b == "auto_lirpa":
+            fns[b] = lirpa_task_fn(task, model, x, y, eps, n_radii)
+        elif tile_mb:  # one variant per tile budget, named backend@budget
+            for t in tile_mb:
+                fns[f"{b}@{t:g}MB"] = with_tile_budget(task_fn(task, model, x, y, eps, n_radii, b), t)
+        else:
+            fns[b] = task_fn(task, model, x, y, eps, n_radii, b)
+    backends = list(fns)
     for fn in fns.values():  # warm-up: allocator, oneDNN / cuDNN algorithm choice, lazy init
         fn()
     times = {b: [] for b in backends}
+    cpu = {b: [] for b in backends}
     for _ in range(repeats):
         for b in backends:  # interleaved, so background load hits all backends alike
-            times[b].append(timed(fns[b], device))
+            wall, proc = timed(fns[b], device)
+            times[b].append(wall)
+            cpu[b].append(proc)
+    gflop = count_step_gflop(model, x, y, eps, n_radii) if flops and task == "gm-train" else None
     results = []
     for b in backends:
         med = statistics.median(times[b])
         work = batch * n_radii if task != "gm-train" else batch
         unit = "bounds/s" if task != "gm-train" else "samples/s"
         results.append(Result(name, n_radii, task, b, batch, med, times[b], work / med, unit,
-                              peak_memory_mb(fns[b], device)))
-    ref = next((r for r in results if r.backend == "reference"), None)
-    for r in results:
+                              peak_memory_mb(fns[b], device), cpu_median_s=statistics.median(cpu[b]),
+                              cpu_times_s=cpu[b], gflop=gflop))
+    for r in results:  # against the reference at the same tile budget (or the plain reference)
+        suffix = r.backend[r.backend.index("@"):] if "@" in r.backend else ""
+        ref = next((q for q in results if q.backend == "reference" + suffix), None)
+        ref = ref or next((q for q in results if q.backend.startswith("reference")), None)
         r.ratio_vs_reference = ref.median_s / r.median_s if ref is not None else None
     return results
 
@@ -249,23 +399,51 @@ def run_case(name, n_radii, task, batch, device, backends, repeats) -> list[Resu
 def format_row(r: Result) -> str:
     ratio = f"{r.ratio_vs_reference:5.2f}x" if r.ratio_vs_reference is not None else "   -  "
     mem = f"{r.peak_mem_mb:9.1f}" if r.peak_mem_mb is not None else "      n/a"
-    return (f"{r.model:15s} {r.n_radii:3d} {r.task:10s} {r.backend:10s} {r.median_s * 1e3:11.1f} "
+    cpu_ms = f"{r.cpu_median_s * 1e3:9.1f}" if r.cpu_median_s is not None else "      n/a"
+    return (f"{r.model:15s} {r.n_radii:3d} {r.task:10s} {r.backend:16s} {r.median_s * 1e3:11.1f} {cpu_ms} "
             f"{r.throughput:12.1f} {r.unit:10s} {ratio} {mem}")
 
 
-HEADER = (f"{'model':15s} {'N':>3s} {'task':10s} {'backend':10s} {'median ms':>11s} {'throughput':>12s} "
-          f"{'unit':10s} {'ratio':>6s} {'peak MB':>9s}")
+HEADER = (f"{'model':15s} {'N':>3s} {'task':10s} {'backend':16s} {'median ms':>11s} {'cpu ms':>9s} "
+          f"{'throughput':>12s} {'unit':10s} {'ratio':>6s} {'peak MB':>9s}")
 
 
 def markdown(results: list[Result]) -> str:
-    lines = ["| model | N | task | backend | batch | median ms | throughput | vs reference | peak MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | N | task | backend | batch | median ms | cpu ms | throughput | vs reference | peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         ratio = f"{r.ratio_vs_reference:.2f}x" if r.ratio_vs_reference is not None else "-"
         mem = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else "n/a"
+        cpu_ms = f"{r.cpu_median_s * 1e3:.1f}" if r.cpu_median_s is not None else "n/a"
         lines.append(f"| {r.model} | {r.n_radii} | {r.task} | {r.backend} | {r.batch} | {r.median_s * 1e3:.1f} | "
-                     f"{r.throughput:.1f} {r.unit} | {ratio} | {mem} |")
+                     f"{cpu_ms} | {r.throughput:.1f} {r.unit} | {ratio} | {mem} |")
     return "\n".join(lines)
+
+
+def scaling_lines(results: list[Result]) -> list[str]:
+    """cost(N) / cost(N = 1) for every model, task, backend and batch that ran N = 1 (wall and CPU time)."""
+    lines = []
+    base = {(r.model, r.task, r.backend, r.batch): r for r in results if r.n_radii == 1}
+    for r in results:
+        b = base.get((r.model, r.task, r.backend, r.batch))
+        if b is None or r.n_radii == 1:
+            continue
+        cpu = (f", CPU time {r.cpu_median_s / b.cpu_median_s:.2f}x"
+               if r.cpu_median_s and b.cpu_median_s else "")
+        lines.append(f"{r.model:15s} {r.task:10s} {r.backend:16s} batch {r.batch:4d}: cost(N={r.n_radii}) = "
+                     f"{r.median_s / b.median_s:.2f} x cost(N=1) wall{cpu}")
+    return lines
+
+
+def flop_lines(results: list[Result], peak_gflops: float, how: str) -> list[str]:
+    lines = [f"FP32 FMA peak: {peak_gflops:.1f} GFLOP/s ({how})"]
+    for r in results:
+        if r.gflop is None:
+            continue
+        rate = r.gflop / r.median_s
+        lines.append(f"{r.model:15s} N={r.n_radii:<3d} {r.backend:16s} batch {r.batch:4d}: {r.gflop:.1f} GFLOP "
+                     f"in {r.median_s:.3f} s = {rate:.1f} GFLOP/s = {100 * rate / peak_gflops:.1f} % of peak")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -273,7 +451,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--n-radii", nargs="+", type=int, default=[1, 4, 10])
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    p.add_argument("--backends", nargs="+", default=None, choices=["reference", "cpu", "cuda"],
+    p.add_argument("--backends", nargs="+", default=None, choices=["reference", "cpu", "cuda", "auto_lirpa"],
                    help="default: every backend available for the device")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=None, help="default: 32 on GPU, 8 on CPU")
@@ -282,6 +460,16 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: dm-small, N = 1 and 4, batch 2, 1 repeat")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    p.add_argument("--lirpa", action="store_true",
+                   help="also time a per-radius loop over auto_LiRPA (when it imports; CPU/GPU alike)")
+    p.add_argument("--tile-mb", nargs="+", type=float, default=None,
+                   help="time each gmbound backend at these tile budgets (MB; 0 = untiled), interleaved")
+    p.add_argument("--flops", action="store_true",
+                   help="count the FLOPs of the gm-train step's products and report the fraction of peak")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="FP32 peak to compare with (default: threads x FLOP/cycle x clock from /proc/cpuinfo)")
+    p.add_argument("--flops-per-cycle", type=float, default=None,
+                   help="FP32 FLOP per cycle per core for the peak (default: 32 with AVX2/AVX-512 on 256-bit pipes)")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -295,7 +483,7 @@ def main(argv=None) -> int:
         # exact float32 products: TF32 would change the bounds (and can break soundness)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
-    backends = available_backends(device, args.backends)
+    backends = available_backends(device, args.backends + ["auto_lirpa"] if args.backends else None, args.lirpa)
     print(f"gmbound bound benchmark  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"device: {device_description(device)}")
     print(f"torch {torch.__version__}, python {platform.python_version()}, gmbound commit {git_commit()}")
@@ -313,9 +501,20 @@ def main(argv=None) -> int:
     for name in args.models:
         for n in args.n_radii:
             for task in args.tasks:
-                for r in run_case(name, n, task, batch, device, backends, args.repeats):
+                for r in run_case(name, n, task, batch, device, backends, args.repeats, args.flops, args.tile_mb):
                     results.append(r)
                     print(format_row(r), flush=True)
+    scaling = scaling_lines(results)
+    if scaling:
+        print()
+        print("\n".join(scaling))
+    if args.flops and device.type == "cpu":
+        if args.peak_gflops:
+            peak, how = args.peak_gflops, "given"
+        else:
+            peak, how = cpu_peak_gflops(torch.get_num_threads(), args.flops_per_cycle)
+        print()
+        print("\n".join(flop_lines(results, peak, how)))
     if args.markdown:
         print()
         print(markdown(results))

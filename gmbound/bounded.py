@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
 
 from . import propagation
-from .engine import get_primitives
+from .engine import chunking, get_primitives, tile_budget
 from .network import BoundOp, ChannelAffineOp, UnsupportedLayerError, build_ops, infer_shapes, shape_signature
 from .specification import margin_spec
 from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_radii, check_domain,
@@ -150,8 +151,17 @@ class BoundedSequential(nn.Module):
 
     def _bounds(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk,
                 allow_tf32: bool = False) -> Bounds:
+        shapes = self._shapes(ops, x)
+        if C is not None:
+            check_spec(C, x, math.prod(shapes[-1]))  # before tiling, so errors name the whole batch
+        k = (C.shape[1] if C is not None else math.prod(shapes[-1])) * (2 if bound_upper else 1)
+        tiles = chunking.plan(radii.shape[0], x.shape[0],
+                              chunking.row_bytes(shapes, k, method != "ibp", x.element_size()), tile_budget(x.device))
+
+        def bound(x_, radii_, lo_, hi_, C_):
+            return self._bounds_strict(ops, x_, radii_, lo_, hi_, C_, method, beta, bound_upper, backend, crown_chunk)
         with strict_float32(x.is_cuda and not allow_tf32):
-            return self._bounds_strict(ops, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk)
+            return Bounds(*chunking.run_tiled(bound, tiles, x, radii, lo, hi, C))
 
     def _bounds_strict(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend,
                        crown_chunk) -> Bounds:

@@ -12,15 +12,45 @@ other dtypes (float16, bfloat16) to the reference ops.
 """
 from __future__ import annotations
 
+import os
 from types import ModuleType
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
 from .. import _extension
 from ..reference import primitives as reference_primitives
+from . import chunking
 
 BACKENDS = ("auto", "cuda", "cpu", "reference")
+
+_tile_budget: Optional[int] = None
+
+
+def set_tile_budget(nbytes: Optional[int]) -> None:
+    """Bytes of Lambda per tile of (radius, sample) rows (``gmbound.engine.chunking``); 0 = no tiling, None = default."""
+    global _tile_budget
+    if nbytes is not None and nbytes < 0:
+        raise ValueError(f"tile budget must be >= 0 bytes, got {nbytes}")
+    _tile_budget = nbytes
+
+
+def tile_budget(device: Union[torch.device, str] = "cpu") -> int:
+    """The tile budget in bytes on ``device``: ``set_tile_budget``, else ``GMBOUND_TILE_MB``, else the default.
+
+    Only CPU calls are tiled (0 elsewhere): a GPU wants the whole batch of rows at once.
+    """
+    if torch.device(device).type != "cpu":
+        return 0
+    if _tile_budget is not None:
+        return _tile_budget
+    env = os.environ.get("GMBOUND_TILE_MB")
+    if env:
+        try:
+            return int(float(env) * 2 ** 20)
+        except ValueError:
+            raise ValueError(f"GMBOUND_TILE_MB must be a number of megabytes, got {env!r}") from None
+    return chunking.DEFAULT_BUDGET_BYTES
 
 
 def compiled_available(device_type: str) -> bool:
@@ -66,4 +96,4 @@ def get_primitives(backend: str, device: Union[torch.device, str]) -> ModuleType
     return _compiled()
 
 
-__all__ = ["BACKENDS", "compiled_available", "get_primitives"]
+__all__ = ["BACKENDS", "compiled_available", "get_primitives", "set_tile_budget", "tile_budget"]
