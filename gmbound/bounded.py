@@ -154,6 +154,9 @@ class BoundedSequential(nn.Module):
         shapes = self._shapes(ops, x)
         if C is not None:
             check_spec(C, x, math.prod(shapes[-1]))  # before tiling, so errors name the whole batch
+        if x.shape[0] == 0:  # an empty batch: empty bounds of the right shape, on every backend
+            empty = x.new_zeros((radii.shape[0], 0) + ((C.shape[1],) if C is not None else shapes[-1]))
+            return Bounds(empty, empty.clone() if bound_upper else None)
         k = (C.shape[1] if C is not None else math.prod(shapes[-1])) * (2 if bound_upper else 1)
         tiles = chunking.plan(radii.shape[0], x.shape[0],
                               chunking.row_bytes(shapes, k, method != "ibp", x.element_size()), tile_budget(x.device))
@@ -170,11 +173,6 @@ class BoundedSequential(nn.Module):
         n_out = 1
         for s in out_shape:
             n_out *= s
-        if x.shape[0] == 0:  # an empty batch: empty bounds of the right shape, on every backend
-            if C is not None:
-                check_spec(C, x, n_out)
-            empty = x.new_zeros((radii.shape[0], 0) + ((C.shape[1],) if C is not None else out_shape))
-            return Bounds(empty, empty.clone() if bound_upper else None)
         prims = get_primitives(backend, x.device)
         box = prims.input_box(x, radii, lo, hi)
         if C is None:
