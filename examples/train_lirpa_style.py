@@ -102,10 +102,11 @@ def train(model, loader, opt, args):
             output = model(x)
             regular_ce = F.cross_entropy(output, labels)
             c = margin_specification(labels)
-            # CROWN-IBP bounds mixed with IBP (Zhang et al., ICLR 2020)
-            ilb, iub = model.compute_bounds(x=(x,), C=c, method="IBP")
+            # CROWN-IBP bounds mixed with IBP (Zhang et al., ICLR 2020), in auto_LiRPA's examples' two calls:
+            # IBP on the input model(x) set, then "backward", which reuses the IBP call's intermediate bounds
+            ilb, iub = model.compute_bounds(IBP=True, C=c, method=None)
             if beta > 1e-5:
-                clb, _ = model.compute_bounds(C=c, method="CROWN-IBP", bound_upper=False)
+                clb, _ = model.compute_bounds(IBP=False, C=c, method="backward", bound_upper=False)
                 lb = beta * clb + (1 - beta) * ilb
             else:
                 lb = ilb

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gmbound
-from gmbound.compat import (BoundedModule, BoundedTensor, PerturbationLpNorm, UnsupportedFeatureError,
-                            resolve_method)
+from gmbound.compat import (BoundedModule, BoundedTensor, CrossEntropyWrapper, PerturbationLpNorm,
+                            UnsupportedFeatureError, resolve_method)
 from gmbound.compat._box import covering_radius
 from nets import make_case
 
@@ -198,7 +198,10 @@ def test_auto_lirpa_call_forms():
     forms = [
         (dict(method_opt="compute_bounds", x=(bx,), IBP=True, C=C, method=None), "ibp"),
         (dict(method_opt="compute_bounds", IBP=True, C=C, method="backward"), "crown-ibp"),
-        (dict(method_opt="compute_bounds", IBP=False, C=C, method="backward"), "crown"),
+        # auto_LiRPA keeps the IBP intermediate bounds of this input: "backward" reuses them (CROWN-IBP)
+        (dict(method_opt="compute_bounds", IBP=False, C=C, method="backward"), "crown-ibp"),
+        # a fresh input has none: full CROWN
+        (dict(method_opt="compute_bounds", x=(bx,), IBP=False, C=C, method="backward"), "crown"),
     ]
     for kwargs, m in forms:
         lb, ub = model(**kwargs)
@@ -208,8 +211,8 @@ def test_auto_lirpa_call_forms():
                       ("crown", "crown"), ("CROWN", "crown-ibp")]:
         lb, _ = model.compute_bounds(x=bx, C=C, method=method, IBP=(method == "CROWN"))
         same(lb, ref[m].lower[0])
-    lb, _ = model.compute_bounds(C=C, reference_bounds=None, interm_bounds={}, reuse_alpha=False)
-    same(lb, ref["crown"].lower[0])  # auto_LiRPA's default: method="backward", IBP=False, i.e. CROWN
+    lb, _ = model.compute_bounds(x=(bx,), C=C, reference_bounds=None, interm_bounds={}, reuse_alpha=False)
+    same(lb, ref["crown"].lower[0])  # auto_LiRPA's default on a fresh input: method="backward", IBP=False: CROWN
     first = model.compute_bounds(x=(bx,), C=C, method=None, IBP=True)
     again = model.compute_bounds(C=C, method=None, IBP=True, reuse_ibp=True)
     assert again is first
@@ -403,8 +406,14 @@ def test_unsupported_methods_options_and_arguments():
             model.compute_bounds(x=(bx,), method="IBP", **kwargs)
     with pytest.raises(UnsupportedFeatureError, match="relu"):
         BoundedModule(net, x, bound_opts={"relu": "same-slope"})
+    for value in ("same-slope", "zero-lb", "one-lb"):
+        with pytest.raises(UnsupportedFeatureError, match="activation_bound_option.*adaptive"):
+            BoundedModule(net, x, bound_opts={"activation_bound_option": value})
+    BoundedModule(net, x, bound_opts={"activation_bound_option": None})       # auto_LiRPA's default: adaptive
+    BoundedModule(net, x, bound_opts={"activation_bound_option": "adaptive"})
+    BoundedModule(net, x, bound_opts={"loss_fusion": True})   # changes nothing without a CrossEntropyWrapper
     with pytest.raises(UnsupportedFeatureError, match="loss_fusion"):
-        BoundedModule(net, x, bound_opts={"loss_fusion": True})
+        BoundedModule(CrossEntropyWrapper(net), (x, torch.zeros(1, dtype=torch.long)))
     BoundedModule(net, x, bound_opts={"relu": "adaptive", "conv_mode": "matrix", "sparse_intermediate_bounds": False})
     with pytest.warns(UserWarning, match="ignores bound_opts\\['some_option'\\]"):
         BoundedModule(net, x, bound_opts={"some_option": 1})

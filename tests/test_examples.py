@@ -47,3 +47,22 @@ def test_the_plain_script_uses_only_auto_lirpa_names():
     ]
     assert "gm_" not in (ROOT / "examples" / "train_lirpa_style.py").read_text()
     assert "model.gm_loss(" in (ROOT / "examples" / "train_lirpa_style_gm.py").read_text()
+
+
+def run_script(name, *args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("mode", [[], ["--no_loss_fusion"], ["--bound_type", "IBP"]])
+def test_lirpa_fusion_trainer_runs(mode):
+    """auto_LiRPA's cifar_training.py calls: loss fusion, BoundDataParallel, max_input, final_node_name."""
+    out = run_script("train_lirpa_fusion.py", "--steps", "3", "--log_every", "1", "--test_size", "64",
+                     "--batch_size", "32", *mode)
+    steps = [line for line in out.splitlines() if "]: eps=" in line]
+    assert len(steps) == 5 and all("Robust_CE=" in s and "Loss=" in s for s in steps)  # 3 steps, epoch, test
+    assert ("K margin rows" if mode == ["--no_loss_fusion"] else "loss fusion: one row") in out
+    assert "Verified_Err=" in steps[-1]          # the evaluation bounds the logits (final_node_name)

@@ -5,6 +5,7 @@ import copy
 from typing import Optional
 
 import torch
+from torch import nn
 
 from .perturbations import PerturbationLpNorm
 
@@ -88,3 +89,15 @@ class BoundedTensor(torch.Tensor):
 
     def __reduce_ex__(self, proto):
         return BoundedTensor, (self.plain().detach().clone(), self.ptb)
+
+
+class BoundedParameter(nn.Parameter):
+    """auto_LiRPA's perturbed weight. Weight perturbation is outside gmbound's scope: building one raises.
+
+    The name exists so that modules importing it (``from auto_LiRPA import BoundedParameter``) load.
+    """
+
+    def __new__(cls, data=None, ptb=None, requires_grad: bool = True):
+        from .errors import UnsupportedFeatureError
+        raise UnsupportedFeatureError("BoundedParameter (weight perturbation) is outside gmbound's scope: gmbound "
+                                      "bounds perturbations of the input (BoundedTensor with PerturbationLpNorm)")

@@ -1,17 +1,28 @@
 """``PerturbationLpNorm`` for ``norm=inf``: the input box, with auto_LiRPA's semantics.
 
 Mirrors ``auto_LiRPA.perturbations`` so ``from auto_LiRPA.perturbations import PerturbationLpNorm``
-becomes ``from gmbound.compat.perturbations import PerturbationLpNorm``.
+becomes ``from gmbound.compat.perturbations import PerturbationLpNorm``. Trainers also write
+``from auto_LiRPA.perturbations import *`` and then use ``np`` and ``torch`` without importing
+them; ``__all__`` hands out what that star import gives them: the perturbation classes (the
+ones outside gmbound's subset raise ``UnsupportedFeatureError`` when built), ``np``, ``torch``,
+``math``, ``os``, ``json`` and ``logger``.
 """
 from __future__ import annotations
 
+import json  # noqa: F401  (handed out by the star import, as auto_LiRPA's module does)
 import math
+import os  # noqa: F401
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 from ..validation import BoundInputError
 from .errors import UnsupportedFeatureError
+from .utils import logger
+
+__all__ = ["Perturbation", "PerturbationLpNorm", "PerturbationL0Norm", "PerturbationSynonym", "PerturbationLinear",
+           "np", "torch", "math", "os", "json", "logger"]
 
 EpsLike = Union[float, torch.Tensor]
 
@@ -34,7 +45,33 @@ def is_default(value) -> bool:
     return False
 
 
-class PerturbationLpNorm:
+class Perturbation:
+    """Base class of auto_LiRPA's perturbations; gmbound.compat implements ``PerturbationLpNorm(norm=np.inf)``."""
+
+
+class _Refused(Perturbation):
+    """An auto_LiRPA perturbation outside gmbound's subset: the name exists, building one raises."""
+
+    why = "it is outside gmbound.compat's subset"
+
+    def __init__(self, *args, **kwargs):
+        raise UnsupportedFeatureError(f"{type(self).__name__}: {self.why}; gmbound.compat bounds L-inf boxes, "
+                                      "PerturbationLpNorm(norm=np.inf, eps=..., x_L=..., x_U=...)")
+
+
+class PerturbationL0Norm(_Refused):
+    why = "L0 perturbations are outside gmbound.compat's subset"
+
+
+class PerturbationSynonym(_Refused):
+    why = "synonym (NLP) perturbations are outside gmbound.compat's subset"
+
+
+class PerturbationLinear(_Refused):
+    why = "linear-constraint perturbations are outside gmbound.compat's subset"
+
+
+class PerturbationLpNorm(Perturbation):
     """An L-inf perturbation of the input: the box the bounds hold on.
 
     ``PerturbationLpNorm(eps=0, norm=np.inf, x_L=None, x_U=None)``, keyword or positional in

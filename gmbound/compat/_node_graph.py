@@ -1,0 +1,63 @@
+"""Build the named node graph of a ``gmbound.compat.BoundedModule`` (see ``bound_ops``).
+
+For a Sequential model the graph is a chain: the input node, then one node per (flattened)
+layer. A ``CrossEntropyWrapper`` adds the labels input before the layers and the four loss
+nodes after them (gather, sub, exp, sum). Nodes are named ``"/k"`` in that order.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from .bound_ops import (Bound, BoundExp, BoundGatherElements, BoundInput, BoundReduceSum, BoundSub,
+                        node_class_for)
+
+
+def named_leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The leaf layers of a (nested) ``nn.Sequential`` with their module paths, in order."""
+    out: list[tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        path = f"{prefix}{name}"
+        if isinstance(child, nn.Sequential):
+            out.extend(named_leaves(child, path + "."))
+        else:
+            out.append((path, child))
+    return out
+
+
+def build_node_graph(sequential: nn.Sequential, prefix: str = "", loss_fusion_wrapper: bool = False
+                     ) -> "OrderedDict[str, Bound]":
+    """Nodes in graph order, keyed by name; each node's ``input_name``/``output_name`` filled in.
+
+    ``prefix``: the path of ``sequential`` inside the wrapped model (``"model."`` in a wrapper).
+    """
+    nodes: list[Bound] = [BoundInput("", "input_0")]
+    if loss_fusion_wrapper:
+        nodes.append(BoundInput("", "input_1"))
+    chain_start = len(nodes)
+    for path, layer in named_leaves(sequential, prefix):
+        nodes.append(node_class_for(layer)("", path, layer))
+    model_output = len(nodes) - 1
+    if loss_fusion_wrapper:
+        nodes += [BoundGatherElements("", "gather"), BoundSub("", "sub"), BoundExp("", "exp"),
+                  BoundReduceSum("", "sum")]
+    for k, node in enumerate(nodes):
+        node.name = f"/{k}"
+    # the chain: input -> layers -> (gather and sub) -> exp -> sum
+    for k in range(chain_start, model_output + 1):
+        _link(nodes[k - 1] if k > chain_start else nodes[0], nodes[k])
+    if loss_fusion_wrapper:
+        gather, sub, exp, total = nodes[model_output + 1:]
+        _link(nodes[model_output], gather)
+        _link(nodes[1], gather)
+        _link(nodes[model_output], sub)
+        _link(gather, sub)
+        _link(sub, exp)
+        _link(exp, total)
+    return OrderedDict((node.name, node) for node in nodes)
+
+
+def _link(src: Bound, dst: Bound) -> None:
+    src.output_name.append(dst.name)
+    dst.input_name.append(src.name)
