@@ -2,26 +2,59 @@
 
     pip install --no-build-isolation -e .        # or: pip install --no-build-isolation .
 
-``--no-build-isolation`` makes the build use the torch that is already installed, so the
-extension matches it. Environment switches:
+``--no-build-isolation`` makes the build use the torch (and setuptools >= 77) that is already
+installed, so the extension matches it. Environment switches:
 
 * ``GMBOUND_CUDA=1`` / ``GMBOUND_CUDA=0``: force / skip the CUDA kernels (default: build them
   when nvcc is found through ``CUDA_HOME``);
 * ``GMBOUND_DEBUG=1``: ``-O0 -g`` instead of ``-O3``;
 * ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"8.0;9.0"``): the GPU architectures to compile for (default:
-  the visible GPUs', or ``9.0`` when none is visible);
+  the visible GPUs', or ``8.0;9.0+PTX`` when none is visible: A100 and H100/H200 machine code, and
+  PTX that newer GPUs compile at load time);
 * ``MAX_JOBS``: parallel compile jobs for ninja.
+
+Importing this file defines the helpers only; the build runs when setuptools executes it.
 """
 from __future__ import annotations
 
 import glob
 import os
 import shutil
+from typing import Mapping, Optional
 
-from setuptools import setup
+import setuptools
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# pyproject.toml gives the licence as an SPDX string (PEP 639), which setuptools reads from 77 on;
+# older ones (65.5 comes with Python 3.11's venv) stop with a cryptic `project.license` error.
+MIN_SETUPTOOLS = (77, 0)
+
+# Architectures when no GPU is visible at build time (a build machine, CI): sm_80 (A100) and sm_90
+# (H100/H200) machine code, plus sm_90 PTX so that a newer GPU JIT-compiles the kernels at load
+# time instead of failing with "no kernel image is available".
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
 
-def _toolkit_root() -> str | None:
+def check_setuptools(version: str = setuptools.__version__) -> None:
+    """Stop with a plain instruction when setuptools is too old to read pyproject.toml."""
+    parts = []
+    for p in version.split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < MIN_SETUPTOOLS:
+        raise SystemExit(f"gmbound needs setuptools >= 77 to build (found {version}): "
+                         "pip install 'setuptools>=77', then build again")
+
+
+def arch_list_default(env: Mapping[str, str], gpu_visible: bool) -> Optional[str]:
+    """The TORCH_CUDA_ARCH_LIST to set, or None to leave torch's choice (the env's, or the visible GPUs')."""
+    if env.get("TORCH_CUDA_ARCH_LIST") or gpu_visible:
+        return None
+    return DEFAULT_ARCH_LIST
+
+
+def _toolkit_root() -> Optional[str]:
     """The CUDA toolkit that ``nvcc`` on PATH belongs to.
 
     torch guesses CUDA_HOME as the parent of nvcc's directory; with a wrapper or link such as
@@ -38,30 +71,19 @@ def _toolkit_root() -> str | None:
     return None
 
 
-if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
-    _root = _toolkit_root()
-    if _root:
-        os.environ["CUDA_HOME"] = _root  # read by torch.utils.cpp_extension at import
-
-import torch  # noqa: E402
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _want_cuda() -> bool:
+def _want_cuda(cuda_home: Optional[str]) -> bool:
     flag = os.environ.get("GMBOUND_CUDA", "").strip().lower()
     if flag in ("0", "false", "no", "off"):
         return False
     if flag in ("1", "true", "yes", "on"):
-        if CUDA_HOME is None:
+        if cuda_home is None:
             raise RuntimeError("GMBOUND_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to it "
                                "(the directory holding bin/nvcc)")
         return True
-    if CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+    if cuda_home is None or not os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
         return False
-    if not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")):
-        print(f"gmbound: nvcc found under {CUDA_HOME} but no CUDA headers there: building the CPU kernels "
+    if not os.path.exists(os.path.join(cuda_home, "include", "cuda_runtime.h")):
+        print(f"gmbound: nvcc found under {cuda_home} but no CUDA headers there: building the CPU kernels "
               "only (set CUDA_HOME to the toolkit to build the CUDA kernels)")
         return False
     return True
@@ -73,7 +95,10 @@ def _sources(pattern: str) -> list[str]:
 
 
 def extensions():
-    with_cuda = _want_cuda()
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    with_cuda = _want_cuda(CUDA_HOME)
     debug = os.environ.get("GMBOUND_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     defines = [f'-DGMBOUND_TORCH_VERSION="{torch.__version__}"']
@@ -84,12 +109,12 @@ def extensions():
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(HERE, "csrc")])
     if with_cuda:
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        archs = arch_list_default(os.environ, torch.cuda.is_available())
+        if archs:
             # torch infers the architectures from the visible GPUs and fails when there are none
-            # (a build machine or CI with nvcc but no GPU): default to Hopper, our target.
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-            print("gmbound: no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling CUDA kernels for "
-                  "sm_90 (H100/H200); set TORCH_CUDA_ARCH_LIST to choose others")
+            os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+            print(f"gmbound: no GPU visible and TORCH_CUDA_ARCH_LIST unset: compiling CUDA kernels for "
+                  f"{archs}; set TORCH_CUDA_ARCH_LIST to choose others")
         sources += _sources("csrc/cuda/*.cu")
         cxx.append("-DGMBOUND_WITH_CUDA")
         nvcc = opt + defines + ["-DGMBOUND_WITH_CUDA", "--expt-relaxed-constexpr",
@@ -98,7 +123,19 @@ def extensions():
     return [CppExtension("gmbound._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)]
 
 
-setup(
-    ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+def main() -> None:
+    check_setuptools()
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        root = _toolkit_root()
+        if root:
+            os.environ["CUDA_HOME"] = root  # read by torch.utils.cpp_extension at import
+    from torch.utils.cpp_extension import BuildExtension
+
+    setuptools.setup(
+        ext_modules=extensions(),
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
+
+
+if __name__ == "__main__":
+    main()

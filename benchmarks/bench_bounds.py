@@ -208,7 +208,8 @@ def make_case(name: str, batch: int, device: torch.device, seed: int = 0):
     return model, x, y, eps
 
 
-def task_fn(task: str, model, x, y, eps: float, n_radii: int, backend: str) -> Callable[[], None]:
+def task_fn(task: str, model, x, y, eps: float, n_radii: int, backend: str,
+            allow_tf32: bool = False) -> Callable[[], None]:
     net = gmbound.BoundedSequential(model)
     radii = gm_radii(eps, n_radii, x.dtype, x.device)
     if task in ("ibp", "crown-ibp"):
@@ -216,7 +217,8 @@ def task_fn(task: str, model, x, y, eps: float, n_radii: int, backend: str) -> C
 
         def run():
             with torch.no_grad():
-                net.margin_bounds(x, y, radii, method=task, beta=1.0, x_min=0.0, x_max=1.0, backend=backend)
+                net.margin_bounds(x, y, radii, method=task, beta=1.0, x_min=0.0, x_max=1.0, backend=backend,
+                                  allow_tf32=allow_tf32)
         return run
     if task == "gm-train":
         model.train()
@@ -224,7 +226,7 @@ def task_fn(task: str, model, x, y, eps: float, n_radii: int, backend: str) -> C
         def run():
             model.zero_grad(set_to_none=True)
             res = gmbound.gm_loss(net, x, y, eps, n_radii=n_radii, weights="inverse", kappa=0.0, beta=1.0,
-                                  method="crown-ibp", x_min=0.0, x_max=1.0, backend=backend)
+                                  method="crown-ibp", x_min=0.0, x_max=1.0, backend=backend, allow_tf32=allow_tf32)
             res.loss.backward()
         return run
     raise ValueError(f"unknown task {task!r}")
@@ -357,7 +359,7 @@ def with_tile_budget(fn: Callable[[], None], megabytes: float) -> Callable[[], N
 
 
 def run_case(name, n_radii, task, batch, device, backends, repeats, flops: bool = False,
-             tile_mb: Optional[list[float]] = None) -> list[Result]:
+             tile_mb: Optional[list[float]] = None, allow_tf32: bool = False) -> list[Result]:
     model, x, y, eps = make_case(name, batch, device)
     fns = {}
     for b in backends:
@@ -365,9 +367,9 @@ def run_case(name, n_radii, task, batch, device, backends, repeats, flops: bool 
             fns[b] = lirpa_task_fn(task, model, x, y, eps, n_radii)
         elif tile_mb:  # one variant per tile budget, named backend@budget
             for t in tile_mb:
-                fns[f"{b}@{t:g}MB"] = with_tile_budget(task_fn(task, model, x, y, eps, n_radii, b), t)
+                fns[f"{b}@{t:g}MB"] = with_tile_budget(task_fn(task, model, x, y, eps, n_radii, b, allow_tf32), t)
         else:
-            fns[b] = task_fn(task, model, x, y, eps, n_radii, b)
+            fns[b] = task_fn(task, model, x, y, eps, n_radii, b, allow_tf32)
     backends = list(fns)
     for fn in fns.values():  # warm-up: allocator, oneDNN / cuDNN algorithm choice, lazy init
         fn()

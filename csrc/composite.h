@@ -402,7 +402,8 @@ struct Ops {
       if (mask[0]) g_x = at::mm(gc, weight);
       if (mask[1]) g_r = at::matmul(gra, a);
       if (mask[4]) {
-        Tensor ga = (gra * radii.unsqueeze(-1)).sum({0, 1});  // [out]
+        // [out]; a bare {0, 1} also matches sum(DimnameList) (0 as a null pointer) in torch 2.11
+        Tensor ga = (gra * radii.unsqueeze(-1)).sum(at::IntArrayRef{0, 1});
         g_w = at::mm(gc.t(), x.contiguous()) + weight.sign() * ga.unsqueeze(1);
       }
       if (mask[5] && has_bias) g_b = gc.sum(0);

@@ -1,9 +1,8 @@
 """``BoundedSequential``: the public front door for multi-radius bounds of a Sequential model."""
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator, NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -11,6 +10,7 @@ from torch import nn
 from . import propagation
 from .engine import chunking, get_primitives, tile_budget
 from .network import BoundOp, ChannelAffineOp, UnsupportedLayerError, build_ops, infer_shapes, shape_signature
+from .precision import strict_float32
 from .specification import margin_spec
 from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_radii, check_domain,
                          check_count, check_input, check_labels, check_spec)
@@ -21,26 +21,6 @@ _METHOD_ALIASES = {"ibp": "ibp", "crown-ibp": "crown-ibp", "crown_ibp": "crown-i
 
 
 _SHAPE_CACHE_SIZE = 64
-
-
-@contextlib.contextmanager
-def strict_float32(enabled: bool = True) -> Iterator[None]:
-    """Switch TF32 off for cuDNN convolutions and cuBLAS products inside the block.
-
-    torch lets cuDNN run float32 convolutions in TF32 (10-bit mantissa) by default; bounds computed
-    that way can miss real outputs by far more than float32 rounding. Training may opt in
-    (``allow_tf32=True``); certification should not.
-    """
-    if not enabled:
-        yield
-        return
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class Bounds(NamedTuple):
@@ -122,17 +102,23 @@ class BoundedSequential(nn.Module):
     def bounds(self, x: torch.Tensor, eps: RadiusLike, C: Optional[torch.Tensor] = None, *,
                method: str = "ibp", beta: Union[float, torch.Tensor] = 1.0,
                x_min: DomainLike = None, x_max: DomainLike = None, bound_upper: bool = True,
-               backend: str = "auto", crown_chunk: int = 512, allow_tf32: bool = False) -> Bounds:
+               backend: str = "auto", crown_chunk: Optional[int] = None, allow_tf32: bool = False) -> Bounds:
         """Bounds of ``C f(x')`` over ``||x' - x||_inf <= r`` (clipped to ``[x_min, x_max]``) for every radius.
 
         ``eps``: a number, a vector ``[N]`` or per-sample radii ``[N, B]``; ``C``: ``[B, K, n_out]`` or
         None for bounds of the outputs themselves. ``method``: ``"ibp"``, ``"crown-ibp"`` (IBP
         intermediate bounds, one CROWN pass from ``C``; ``beta`` mixes it with IBP:
-        ``beta * CROWN-IBP + (1 - beta) * IBP``) or ``"crown"`` (full CROWN, for evaluation).
+        ``beta * CROWN-IBP + (1 - beta) * IBP``) or ``"crown"`` (full CROWN, for evaluation;
+        ``crown_chunk`` identity rows are back-substituted at once, by default as many as fit the
+        memory budget of ``gmbound.memory``).
         Returns ``Bounds(lower, upper)`` of shape ``[N, B, K]`` (``[N, B, *out]`` when ``C`` is None);
-        ``upper`` is None when ``bound_upper=False`` (half the work). On CUDA, TF32 is switched off
-        for the call (strict float32) unless ``allow_tf32=True``.
+        ``upper`` is None when ``bound_upper=False`` (half the work). The call and the gradients
+        of its bounds run with float32 products in full float32 (no TF32 on cuBLAS / cuDNN, no
+        reduced precision on oneDNN; see ``gmbound.precision``) unless ``allow_tf32=True``.
         """
+        if crown_chunk is not None and (isinstance(crown_chunk, bool) or not isinstance(crown_chunk, int)
+                                        or crown_chunk < 1):
+            raise BoundInputError(f"crown_chunk must be a positive int or None (from free memory), got {crown_chunk!r}")
         ops = self._ops()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
         crown_chunk = check_count(crown_chunk, "crown_chunk", "identity rows per full-CROWN backward pass")
@@ -163,7 +149,7 @@ class BoundedSequential(nn.Module):
 
         def bound(x_, radii_, lo_, hi_, C_):
             return self._bounds_strict(ops, x_, radii_, lo_, hi_, C_, method, beta, bound_upper, backend, crown_chunk)
-        with strict_float32(x.is_cuda and not allow_tf32):
+        with strict_float32(not allow_tf32):
             return Bounds(*chunking.run_tiled(bound, tiles, x, radii, lo, hi, C))
 
     def _bounds_strict(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend,
@@ -211,18 +197,19 @@ class BoundedSequential(nn.Module):
 
     def margin_bounds(self, x: torch.Tensor, y: torch.Tensor, eps: RadiusLike, *, method: str = "crown-ibp",
                       beta: Union[float, torch.Tensor] = 1.0, x_min: DomainLike = None,
-                      x_max: DomainLike = None, backend: str = "auto") -> torch.Tensor:
+                      x_max: DomainLike = None, backend: str = "auto", allow_tf32: bool = False) -> torch.Tensor:
         """Certified lower bounds ``m(x, r)`` of the margins ``f_y - f_j`` (``j != y``, ascending): ``[N, B, n - 1]``."""
         return self.logits_and_margins(x, y, eps, method=method, beta=beta, x_min=x_min, x_max=x_max,
-                                       backend=backend)[1]
+                                       backend=backend, allow_tf32=allow_tf32)[1]
 
     def logits_and_margins(self, x: torch.Tensor, y: torch.Tensor, eps: RadiusLike, *,
                            method: str = "crown-ibp", beta: Union[float, torch.Tensor] = 1.0,
                            x_min: DomainLike = None, x_max: DomainLike = None,
-                           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                           backend: str = "auto", allow_tf32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The clean logits ``f(x)`` ``[B, n]`` and the margin lower bounds ``[N, B, n - 1]`` in one go.
 
         The clean pass runs first, so train-mode BatchNorm layers bound with this batch's statistics.
+        ``allow_tf32`` as in :meth:`bounds`.
         """
         ops = self._ops()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
@@ -233,7 +220,7 @@ class BoundedSequential(nn.Module):
         check_labels(y, x, n_classes)
         spec = margin_spec(y, n_classes, dtype=x.dtype)
         margins = self._bounds(ops, x, radii, lo, hi, spec, _method(method), _check_beta(beta), False,
-                               backend, 512).lower
+                               backend, None, allow_tf32).lower
         return logits, margins
 
 

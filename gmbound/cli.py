@@ -6,12 +6,18 @@
     gmbound certify --checkpoint runs/a/checkpoint.pt --eps-max 0.5
     gmbound plot runs/a/eval/eval_a.json runs/b/eval/eval_b.json -o fig.png
     gmbound demo
+
+Bad input (a flag out of range, a missing, corrupt or foreign data, checkpoint or result file, an
+output path under an existing file, a locked run folder) exits with status 2 and one line on
+stderr saying what is wrong, never a traceback. A run that fails on its own (training diverged,
+an unsound bound found) exits with status 1, also with one line.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -20,6 +26,56 @@ from typing import Optional, Sequence
 
 from .config import (DEFAULTS, DEMO_CONFIG, ConfigError, check_pgd_settings, make_config, parse_eps_grid,
                      parse_verifiers)
+from .outputs import check_output_file, check_output_folder
+
+
+# ----------------------------------------------------------------------------- flag types
+def _int_at_least(low: int):
+    what = "a positive integer" if low == 1 else f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
+def _float_check(positive: bool):
+    what = "a finite number > 0" if positive else "a finite number >= 0"
+
+    def parse(text: str) -> float:
+        from .config import parse_number
+
+        try:
+            value = parse_number(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+positive_float = _float_check(True)
+non_negative_float = _float_check(False)
+
+
+def device_spec(text: str) -> str:
+    """auto, cpu, cuda or cuda:<index> (availability is checked when the device is used)."""
+    t = text.strip().lower()
+    if t in ("auto", "cpu", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:<index>, got {text!r}")
 
 
 # ----------------------------------------------------------------------------- train
@@ -96,10 +152,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if labels and len(labels) != len(args.checkpoint):
         raise ConfigError(f"--label: give one label per checkpoint ({len(args.checkpoint)}), got {len(labels)}")
     out = Path(args.out) if args.out else Path(args.checkpoint[0]).resolve().parent / "eval"
+    png = Path(args.plot) if args.plot else out / "drawdown.png"
+    check_output_folder(out, "--out")  # before the evaluation, not after it
+    check_output_file(png, "--plot")
+    ckpts = [load_checkpoint(path) for path in args.checkpoint]  # every file checked before any work
+    ecfgs = [_eval_config(ckpt["config"], args) for ckpt in ckpts]
     results, used, unsound = [], set(), []
     for i, path in enumerate(args.checkpoint):
-        ckpt = load_checkpoint(path)
-        ecfg = _eval_config(ckpt["config"], args)
+        ecfg = ecfgs[i]
         res = evaluate_checkpoint(path, ecfg, data_dir=args.data_dir, device=device,
                                   label=labels[i] if labels else None, strict=False, progress=not args.quiet)
         stem = f"eval_{_stem(path, used)}"
@@ -114,7 +174,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print("\n!!! " + unsound_message(res) + "\n", file=sys.stderr)
             unsound.append(path)
         results.append(res.to_dict())
-    png = Path(args.plot) if args.plot else out / "drawdown.png"
     plot_drawdown(results, png, title=args.title)
     print(f"plot: {png}")
     if unsound and not args.no_strict:
@@ -133,6 +192,9 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "certify"
+    check_output_folder(out, "--out")
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt["config"]
     if args.data_dir:
@@ -145,12 +207,11 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     eps_max = args.eps_max if args.eps_max is not None else 2 * cfg["train"]["eps"] or 0.5
     t0 = time.time()
     res = certify(model, loader, verifiers=verifiers, eps_max=eps_max, rounds=args.rounds, k=args.k,
-                  x_min=mi["x_min"], x_max=mi["x_max"], device=resolve_device(args.device),
+                  x_min=mi["x_min"], x_max=mi["x_max"], device=device,
                   dtype=torch.float64 if args.dtype == "float64" else torch.float32,
                   backend=cfg["train"]["backend"])
     label = args.label or checkpoint_label(ckpt, args.checkpoint)
     res.meta.update({"checkpoint": str(args.checkpoint), "label": label, "seconds_total": round(time.time() - t0, 2)})
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "certify"
     paths = write_certify(res, out, "certify", label)
     summary = json.loads(paths["json"].read_text())
     print(f"{label}: {summary['n_samples']} samples, clean accuracy {100 * summary['clean_accuracy']:.2f}%, "
@@ -169,7 +230,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .evaluate import load_result
     from .plots import plot_drawdown
 
-    results = [load_result(p) for p in args.results]
+    check_output_file(args.output, "-o/--output")
+    results = [_load_result_file(p, load_result) for p in args.results]
     if args.label:
         if len(args.label) != len(results):
             raise ConfigError(f"--label: give one label per result ({len(results)})")
@@ -178,6 +240,30 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     path = plot_drawdown(results, args.output, title=args.title, per_verifier=args.per_verifier)
     print(f"plot: {path}")
     return 0
+
+
+def _load_result_file(path: str, load_result) -> dict:
+    """An eval JSON, with one-line errors for unreadable, corrupt or foreign files."""
+    try:
+        data = load_result(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (JSON) file") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: corrupt JSON ({err})") from None
+    except (ValueError, TypeError) as err:  # a JSON list or number: load_result's key check fails
+        text = str(err)
+        raise ConfigError(text if text.startswith(str(path)) else f"{path}: not a gmbound eval JSON ({text})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a gmbound eval JSON (top level is not an object)")
+    eps = data["eps"]
+    for key in ("eps", "verified_error_any", "pgd_error"):
+        value = data[key]
+        # null: a radius PGD did not attack (eval.pgd_eps_grid), or a NaN written by json
+        if not isinstance(value, list) or len(value) != len(eps) or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value):
+            raise ConfigError(f"{path}: not a gmbound eval JSON ({key!r} is not a list of "
+                              f"{len(eps) if isinstance(eps, list) else 'n'} numbers)")
+    return data
 
 
 # ----------------------------------------------------------------------------- demo
@@ -237,14 +323,22 @@ def run_demo(out: str | Path = "runs/demo", compare: str | bool = "auto", budget
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    check_output_folder(args.out, "--out")
     compare = True if args.compare else (False if args.no_compare else "auto")
     run_demo(args.out, compare=compare, budget_s=args.budget)
     return 0
 
 
 # ----------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``gmbound eval: error: ...``), status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gmbound", description="Certified-robust training with GM-CROWN-IBP.")
+    p = _Parser(prog="gmbound", description="Certified-robust training with GM-CROWN-IBP.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
@@ -254,27 +348,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the run's checkpoint (with --config: its out_dir; else a run folder "
                         "or checkpoint file)")
     t.add_argument("--overwrite", action="store_true", help="start again even if out_dir holds a checkpoint")
-    t.add_argument("--stop-after-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    t.add_argument("--stop-after-epoch", type=positive_int, default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="standard / verified / PGD error over an eps grid")
     e.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints (overlaid in the plot)")
     e.add_argument("--eps-grid", help="start:stop:step (stop included) or a comma list, e.g. 0:0.5:0.01")
     e.add_argument("--verifiers", help="comma list of ibp, crown-ibp, crown")
-    e.add_argument("--pgd-steps", type=int)
-    e.add_argument("--pgd-restarts", type=int)
-    e.add_argument("--pgd-step-size", type=float)
+    e.add_argument("--pgd-steps", type=non_negative_int)
+    e.add_argument("--pgd-restarts", type=positive_int)
+    e.add_argument("--pgd-step-size", type=positive_float)
     e.add_argument("--pgd-loss", choices=("ce", "margin"),
                    help="attack loss: ce (cross-entropy) or margin (max_j f_j - f_y, the stronger one)")
     e.add_argument("--pgd-eps-grid", help="radii PGD attacks, a subset of the eps grid (default: all of it)")
-    e.add_argument("--batch-size", type=int)
-    e.add_argument("--radii-chunk", type=int, help="radii bounded per engine call")
-    e.add_argument("--test-subset", type=int, help="first n test images")
+    e.add_argument("--batch-size", type=positive_int)
+    e.add_argument("--radii-chunk", type=positive_int, help="radii bounded per engine call")
+    e.add_argument("--test-subset", type=positive_int, help="first n test images")
     e.add_argument("--dtype", choices=("float32", "float64"))
-    e.add_argument("--crown-max-neurons", type=int, help="run full CROWN only up to this many ReLU neurons")
+    e.add_argument("--crown-max-neurons", type=non_negative_int,
+                   help="run full CROWN only up to this many ReLU neurons")
     e.add_argument("--data-dir", help="override the checkpoint config's data.dir")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--threads", type=int, help="torch CPU threads")
+    e.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:<index>")
+    e.add_argument("--threads", type=positive_int, help="torch CPU threads")
     e.add_argument("--label", nargs="+", help="one label per checkpoint")
     e.add_argument("--out", help="output folder (default: <first checkpoint's folder>/eval)")
     e.add_argument("--plot", help="PNG path (default: <out>/drawdown.png)")
@@ -286,15 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", help="per-sample largest certified radius and certified-accuracy curve")
     c.add_argument("--checkpoint", required=True)
     c.add_argument("--verifiers", default="ibp,crown-ibp")
-    c.add_argument("--eps-max", type=float, help="search cap (default: 2 x eps_train)")
-    c.add_argument("--rounds", type=int, default=4)
-    c.add_argument("--k", type=int, default=8, help="radii per sample per round")
-    c.add_argument("--batch-size", type=int, default=256)
-    c.add_argument("--test-subset", type=int)
+    c.add_argument("--eps-max", type=positive_float, help="search cap (default: 2 x eps_train)")
+    c.add_argument("--rounds", type=positive_int, default=4)
+    c.add_argument("--k", type=positive_int, default=8, help="radii per sample per round")
+    c.add_argument("--batch-size", type=positive_int, default=256)
+    c.add_argument("--test-subset", type=positive_int)
     c.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     c.add_argument("--data-dir")
-    c.add_argument("--device", default="auto")
-    c.add_argument("--threads", type=int, help="torch CPU threads")
+    c.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:<index>")
+    c.add_argument("--threads", type=positive_int, help="torch CPU threads")
     c.add_argument("--label")
     c.add_argument("--out")
     c.set_defaults(func=_cmd_certify)
@@ -311,23 +406,44 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--compare", action="store_true", help="always train the CROWN-IBP comparison")
     d.add_argument("--no-compare", action="store_true", help="skip the CROWN-IBP comparison run")
-    d.add_argument("--budget", type=float, default=DEMO_BUDGET_S,
+    d.add_argument("--budget", type=non_negative_float, default=DEMO_BUDGET_S,
                    help="seconds; the comparison runs only if it is predicted to fit (default 180)")
     d.set_defaults(func=_cmd_demo)
     return p
 
 
+def _error_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(bad input -> status 2, a run that failed -> status 1)."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .evaluate import UnsoundBoundError
+    from .runlock import RunLockedError
+    from .train import TrainingDivergedError
+    from .validation import BoundInputError
+
+    return ((ConfigError, DataError, CheckpointError, RunLockedError, BoundInputError, OSError),
+            (TrainingDivergedError, UnsoundBoundError))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line ``argv``; returns the exit status (usage errors too, instead of exiting)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2), already printed
+        return stop.code if isinstance(stop.code, int) else 2
     if args.command == "train" and args.resume and "=" in args.resume:
         # "--resume key=value ...": the flag took no path, the word is an override
         args.overrides.insert(0, args.resume)
         args.resume = ""
+    bad_input, failed = _error_classes()
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
-        print(f"gmbound {args.command}: error: {err}", file=sys.stderr)
+    except bad_input as err:
+        print(f"gmbound {args.command}: error: {str(err).strip() or type(err).__name__}", file=sys.stderr)
         return 2
+    except failed as err:
+        print(f"gmbound {args.command}: error: {str(err).strip() or type(err).__name__}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

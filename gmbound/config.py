@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -31,6 +32,11 @@ VERIFIERS = ("ibp", "crown-ibp", "crown")
 BACKENDS = ("auto", "cuda", "cpu", "reference")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
+
+
+# An eps grid longer than this is almost surely a typo (0:1:1e-8 would be 10^8 radii and
+# gigabytes of lists before any bound); the cost of evaluation grows linearly in it anyway.
+MAX_EPS_GRID_POINTS = 10_000
 
 
 class ConfigError(ValueError):
@@ -283,7 +289,7 @@ def _check(cond: bool, key: str, what: str, value: Any) -> None:
 
 def parse_eps_grid(grid: Any, key: str = "eval.eps_grid") -> list[float]:
     """``"0:0.5:0.01"`` (start:stop:step, stop included; fractions like ``1/255`` allowed), a comma
-    list or a list of numbers -> sorted radii."""
+    list or a list of numbers -> sorted radii (at most ``MAX_EPS_GRID_POINTS``)."""
     if isinstance(grid, str) and ":" not in grid:
         grid = [p for p in grid.split(",") if p.strip()]
     if isinstance(grid, str):
@@ -295,9 +301,16 @@ def parse_eps_grid(grid: Any, key: str = "eval.eps_grid") -> list[float]:
             raise ConfigError(f"{key} {grid!r}: expected start:stop:step (e.g. 0:0.5:0.01)")
         else:
             start, stop, step = nums
+            if not all(math.isfinite(v) for v in nums):
+                raise ConfigError(f"{key} {grid!r}: start, stop and step must be finite numbers")
             if step <= 0 or stop < start or start < 0:
                 raise ConfigError(f"{key} {grid!r}: need 0 <= start <= stop and step > 0")
-            n = int(round((stop - start) / step))
+            span = (stop - start) / step  # may overflow to inf for a denormal step
+            if not span + 1 <= MAX_EPS_GRID_POINTS + 0.5:
+                count = f"{int(round(span)) + 1:,}" if math.isfinite(span) else "too many"
+                raise ConfigError(f"{key} {grid!r} has {count} radii, more than the limit of "
+                                  f"{MAX_EPS_GRID_POINTS:,}; use a larger step")
+            n = int(round(span))
             values = [round(start + i * step, 10) for i in range(n + 1) if start + i * step <= stop + 1e-9 * step]
     elif isinstance(grid, (list, tuple)):
         try:
@@ -308,6 +321,8 @@ def parse_eps_grid(grid: Any, key: str = "eval.eps_grid") -> list[float]:
         raise ConfigError(f"{key} must be start:stop:step or a list of numbers, got {grid!r}")
     if not values:
         raise ConfigError(f"{key} {grid!r} is empty")
+    if len(values) > MAX_EPS_GRID_POINTS:
+        raise ConfigError(f"{key} has {len(values):,} radii, more than the limit of {MAX_EPS_GRID_POINTS:,}")
     if any(not v >= 0 or v != v or v == float("inf") for v in values):
         raise ConfigError(f"{key}: radii must be finite and non-negative, got {values}")
     return sorted(set(values))

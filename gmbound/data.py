@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -67,6 +68,10 @@ def canonical_name(name: str) -> str:
     return key
 
 
+class DataError(ValueError):
+    """A data file that exists but cannot be used (corrupt, truncated, inconsistent); names the file."""
+
+
 class ImageDataset(Dataset):
     """uint8 images ``[n, C, H, W]`` served as float32 in [0, 1], with int labels.
 
@@ -110,17 +115,22 @@ def read_idx(path: str | Path) -> np.ndarray:
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by the file name
-        raw = gzip.decompress(raw)
+        try:  # gzip checks its CRC-32 and length trailer, so a flipped bit or a cut is caught here
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({err}); download it again") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic {raw[:4].hex()})")
+        raise DataError(f"{path}: not an IDX file (bad magic {raw[:4].hex()})")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: IDX header cut short ({len(raw)} bytes, the {ndim} dimensions need {header})")
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
     count = int(np.prod(shape, dtype=np.int64))
     if len(raw) != header + count * dtype.itemsize:
-        raise ValueError(f"{path}: IDX header says shape {shape} but the payload has "
-                         f"{len(raw) - header} bytes")
+        raise DataError(f"{path}: IDX header says shape {shape} ({count * dtype.itemsize} payload bytes) "
+                        f"but the payload has {len(raw) - header} bytes")
     return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape).astype(
         dtype.newbyteorder("="))
 
@@ -172,9 +182,15 @@ def _load_idx_dataset(name: str, data_dir: Path, train: bool, download: bool) ->
     if None in paths:
         raise FileNotFoundError(_idx_missing_message(data_dir, name, train))
     images, labels = (read_idx(p) for p in paths)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{paths}: expected images [n, H, W] and labels [n], "
-                         f"got {images.shape} and {labels.shape}")
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DataError(f"{paths[0]} and {paths[1]}: expected images [n, H, W] and labels [n], "
+                        f"got shapes {images.shape} and {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} labels")
+    size = DATASET_INFO[name].size
+    if images.shape[1:] != (size, size):
+        raise DataError(f"{paths[0]}: images are {images.shape[1]}x{images.shape[2]}, {name} needs {size}x{size}")
+    _check_labels(labels, DATASET_INFO[name].n_classes, str(paths[1]))
     return ImageDataset(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels))
 
 
@@ -213,12 +229,26 @@ def _load_cifar10(data_dir: Path, train: bool, download: bool) -> ImageDataset:
                       f"checksums; reading them anyway", stacklevel=3)
     images, labels = [], []
     for p in paths:
-        with open(p, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        try:
+            with open(p, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            data, lab = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch["labels"], dtype=np.int64)
+            images.append(data.reshape(-1, 3, 32, 32))
+        except Exception as err:  # noqa: BLE001 - any unpickling or layout failure: name the file
+            raise DataError(f"{p}: not a readable CIFAR-10 batch ({type(err).__name__}: {err})") from None
+        if len(images[-1]) != len(lab):
+            raise DataError(f"{p}: {len(images[-1])} images but {len(lab)} labels")
+        _check_labels(lab, 10, str(p))
+        labels.append(lab)
     return ImageDataset(torch.from_numpy(np.concatenate(images)),
                         torch.from_numpy(np.concatenate(labels)))
+
+
+def _check_labels(labels: np.ndarray, n_classes: int, source: str) -> None:
+    """Labels must be class indices ``0 .. n_classes - 1``: checked at load, not mid-training."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        bad = labels[(labels < 0) | (labels >= n_classes)]
+        raise DataError(f"{source}: {len(bad)} label(s) outside 0..{n_classes - 1} (e.g. {int(bad[0])})")
 
 
 # ---------------------------------------------------------------------------------------- SVHN

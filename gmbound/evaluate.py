@@ -69,7 +69,7 @@ def _radius_chunks(radii: torch.Tensor, chunk: int) -> Iterable[slice]:
 @torch.no_grad()
 def certified(net: BoundedSequential, x: torch.Tensor, y: torch.Tensor, radii: torch.Tensor, verifier: str, *,
               x_min: Optional[float] = 0.0, x_max: Optional[float] = 1.0, backend: str = "auto",
-              radii_chunk: int = 8, crown_batch_size: int = 32, crown_chunk: int = 512) -> torch.Tensor:
+              radii_chunk: int = 8, crown_batch_size: int = 32, crown_chunk: Optional[int] = None) -> torch.Tensor:
     """``[N, B]`` bool: sample b certified (all margin lower bounds > 0) at radius ``radii[n]``.
 
     ``radii``: ``[N]`` or per-sample ``[N, B]``; at most ``radii_chunk`` radii are bounded per call.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .checkpoint import atomic_save, load_checkpoint
+from .checkpoint import VERSION, atomic_save, load_checkpoint, with_digest
 
 # what a weights-only file keeps of a checkpoint
 KEPT_KEYS = ("format", "version", "model", "model_info", "config", "epoch", "step", "history", "world_size")
@@ -21,8 +21,9 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
     ckpt = load_checkpoint(checkpoint)
     slim = {k: ckpt[k] for k in KEPT_KEYS if k in ckpt}
     slim["model"] = {k: v.detach().clone() for k, v in slim["model"].items()}  # no shared storage
+    slim["version"] = VERSION
     out = Path(out)
-    atomic_save(slim, out)
+    atomic_save(with_digest(slim), out)  # its own SHA-256 digest: load_checkpoint verifies it
     return out
 
 

@@ -92,12 +92,14 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
             eps: Union[float, torch.Tensor], *, n_radii: int = 10, weights: WeightShape = "inverse",
             kappa: float = 0.5, beta: float = 1.0, method: str = "crown-ibp", x_min: DomainLike = None,
             x_max: DomainLike = None, stochastic: bool = False, generator: Optional[torch.Generator] = None,
-            backend: str = "auto") -> GMLossResult:
+            backend: str = "auto", allow_tf32: bool = False) -> GMLossResult:
     """GM-CROWN-IBP (``method="crown-ibp"``) or GM-IBP (``method="ibp"``) loss of one batch.
 
     ``kappa`` weighs the natural loss, ``beta`` mixes CROWN-IBP with IBP bounds, ``weights``
     shapes ``c_i``. ``stochastic=True`` draws one radius index per sample with probability
     ``c_i``: the same expected loss as the weighted sum at the cost of a single radius.
+    ``allow_tf32=True`` lets the bounds and their gradients use TF32 products on the GPU (faster
+    training; the verified errors reported are then not certificates).
     """
     if not 0.0 <= float(kappa) <= 1.0:
         raise BoundInputError(f"kappa must lie in [0, 1], got {float(kappa)}")
@@ -125,7 +127,8 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
         index = torch.multinomial(c, x.shape[0], replacement=True, generator=generator)  # [B]
         sample_radii = radii[index].unsqueeze(0)                                         # [1, B]
         logits, margins = net.logits_and_margins(x, y, sample_radii, method=method, beta=beta,
-                                                 x_min=x_min, x_max=x_max, backend=backend)
+                                                 x_min=x_min, x_max=x_max, backend=backend,
+                                                 allow_tf32=allow_tf32)
         n_classes = logits.shape[1]
         robust_loss = F.cross_entropy(robust_logits(margins[0], y, n_classes), y)
         unverified = (~verified_mask(margins[0])).to(x.dtype)                           # [B]; NaN: unverified
@@ -134,7 +137,8 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
         verified_error = sums / counts  # NaN where no sample drew the radius
     else:
         logits, margins = net.logits_and_margins(x, y, radii, method=method, beta=beta,
-                                                 x_min=x_min, x_max=x_max, backend=backend)
+                                                 x_min=x_min, x_max=x_max, backend=backend,
+                                                 allow_tf32=allow_tf32)
         n_classes = logits.shape[1]
         ce = F.cross_entropy(robust_logits(margins, y, n_classes).flatten(0, 1), y.repeat(n_radii),
                              reduction="none").view(n_radii, -1).mean(1)                 # [N]

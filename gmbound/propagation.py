@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from . import memory
 from .network import (BoundOp, ChannelAffineOp, Conv2dOp, FlattenOp, LinearOp, ReLUOp,
                       conv_output_padding)
 
@@ -157,12 +158,13 @@ def _identity_rows(shape: tuple[int, ...], rows: slice, batch: int, like: torch.
 
 
 def full_crown_pre_relu(ops: list[BoundOp], shapes: list[tuple[int, ...]], box: Interval, prims,
-                        chunk: int) -> dict[int, Interval]:
+                        chunk: Optional[int] = None) -> dict[int, Interval]:
     """Pre-activation bounds of every ReLU, each from its own CROWN backward pass.
 
     Each layer's bounds are intersected with the interval step from the tightened bounds below
     it: both are sound, so the intersection is sound and at least as tight as either.
-    ``chunk`` limits the identity rows back-substituted at once (memory ``~ chunk x layer size``).
+    ``chunk`` limits the identity rows back-substituted at once (memory ``~ chunk x layer size``);
+    None derives it per layer from the memory budget (``gmbound.memory``).
     """
     state = IntervalState(0, *box)
     last_relu = -1
@@ -176,9 +178,11 @@ def full_crown_pre_relu(ops: list[BoundOp], shapes: list[tuple[int, ...]], box: 
         if last_relu >= 0 or not _block_is_exact(ops, 0, j):
             shape, batch = shapes[j], box[0].shape[1]
             d = lower[0, 0].numel()
+            step = chunk or memory.crown_chunk(d, lower.shape[0], batch, memory.widest_layer(shapes[:j + 1]),
+                                               lower.dtype, lower.device)
             lows, ups = [], []
-            for s in range(0, d, chunk):
-                eye = _identity_rows(shape, slice(s, min(d, s + chunk)), batch, lower)
+            for s in range(0, d, step):
+                eye = _identity_rows(shape, slice(s, min(d, s + step)), batch, lower)
                 spec = torch.cat([eye, -eye], dim=2)
                 lam, bias = backward_pass(ops, shapes, spec, 0, j, state.pre_relu, prims)
                 lb = prims.concretize(lam, box[0], box[1], False) + bias  # [N, B, 2k]
@@ -196,7 +200,7 @@ def full_crown_pre_relu(ops: list[BoundOp], shapes: list[tuple[int, ...]], box: 
 
 
 def full_crown_bounds(ops: list[BoundOp], shapes: list[tuple[int, ...]], box: Interval, spec: torch.Tensor,
-                      prims, chunk: int = 512) -> torch.Tensor:
+                      prims, chunk: Optional[int] = None) -> torch.Tensor:
     """Full CROWN lower bound of ``spec . f(x')``: every ReLU relaxed with CROWN pre-activation bounds.
 
     Tighter intermediate bounds do not make the final CROWN bound tighter entry by entry (the

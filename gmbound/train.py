@@ -11,6 +11,11 @@ Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) it trains data-parallel: each
 are averaged with ``all_reduce`` after backward. (The bound engine reads the parameters
 directly rather than calling the model's ``forward``, so DistributedDataParallel's gradient
 hooks would not fire; averaging by hand is the simple, correct equivalent.) Only rank 0 writes.
+
+A run holds an exclusive lock on its folder (``gmbound.runlock``) from start to end, so a second
+run into the same folder is refused. A non-finite loss or non-finite weights stop the run with
+``TrainingDivergedError`` before anything of that epoch is written: the last checkpoint and the
+log stay those of the last good epoch. Each epoch's log row is written after its checkpoint.
 """
 from __future__ import annotations
 
@@ -32,17 +37,24 @@ from torch.utils.data import DataLoader
 
 from .bounded import BoundedSequential
 from .checkpoint import (CHECKPOINT_NAME, FORMAT, VERSION, atomic_save, capture_rng, load_checkpoint,
-                         load_scheduler_state, restore_rng, scheduler_state)
+                         load_scheduler_state, remove_stale_temporaries, restore_rng, scheduler_state,
+                         with_digest)
 from .config import ConfigError, config_diff, dump_yaml, out_dir as config_out_dir
 from .data import DATASET_INFO, make_loaders
 from .losses import GMLossResult, gm_loss
 from .models import build_model
+from .outputs import check_output_folder
+from .runlock import RunLock
 from .schedules import CrownIBPSchedule, ScheduleValues
 
 LOG_NAME = "log.csv"
 LOG_FIELDS = ("epoch", "step", "lr", "eps", "kappa", "beta", "train_loss", "train_natural_error",
               "train_verified_error", "train_verified_at", "test_natural_error", "test_verified_error", "test_verifier",
               "test_eps", "epoch_seconds")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights became non-finite; nothing of the failing epoch was written."""
 
 
 # ----------------------------------------------------------------------------- processes
@@ -71,7 +83,15 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError("config key 'device' is cuda but no CUDA device is available (use device=cpu)")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {spec!r}: must be auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {spec!r}: this machine has {count} CUDA device(s)")
+    return device
 
 
 def setup_distributed(device: torch.device) -> DistContext:
@@ -281,7 +301,8 @@ def heldout_errors(net: BoundedSequential, loader: DataLoader, eps: float, verif
         logits, margins = net.logits_and_margins(x, y, [eps], method=verifier, x_min=x_min, x_max=x_max,
                                                  backend=backend)
         wrong += int((logits.argmax(1) != y).sum())
-        unverified += int((margins[0] <= 0).any(-1).sum())
+        # verified only when every margin bound is > 0: a NaN margin is never a certificate
+        unverified += int((~(margins[0] > 0).all(-1)).sum())
         total += len(y)
     net.model.train(was_training)
     return wrong / max(total, 1), unverified / max(total, 1)
@@ -322,7 +343,39 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
         torch.cuda.set_device(device)
     folder = config_out_dir(cfg)
     ckpt_path = folder / CHECKPOINT_NAME
+    lock = None
+    if ctx.is_main:  # rank 0 writes, so rank 0 holds the folder; taken before any checkpoint is read
+        check_output_folder(folder, "config key 'out_dir':")
+        lock = RunLock(folder).acquire()
+    try:
+        return _train_locked(cfg, ctx, device, folder, ckpt_path, resume, overwrite, stop_after_epoch,
+                             on_epoch_end, quiet, start_time)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _non_finite_weights(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding a NaN or an infinity."""
+    return [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _diverged(what: str, epoch: int, step: int, tcfg: dict, ckpt_path: Path, saved_epoch: int) -> TrainingDivergedError:
+    kept = (f"the checkpoint of epoch {saved_epoch} ({ckpt_path}) is kept" if saved_epoch
+            else "no checkpoint was written")
+    return TrainingDivergedError(
+        f"training diverged: {what} in epoch {epoch + 1} (after {step} optimiser steps); {kept}. "
+        f"Lower train.lr (now {tcfg['lr']:g}) or set train.grad_clip")
+
+
+def _train_locked(cfg: dict, ctx: DistContext, device: torch.device, folder: Path, ckpt_path: Path, resume: bool,
+                  overwrite: bool, stop_after_epoch: Optional[int], on_epoch_end: Optional[Callable[[dict], None]],
+                  quiet: bool, start_time: float) -> TrainResult:
+    """``train`` once the run folder is locked (by rank 0)."""
     tcfg = cfg["train"]
+    if ctx.is_main:
+        remove_stale_temporaries(folder)  # safe: we hold the lock, so no other run is writing one
 
     saved = None
     if resume and ckpt_path.is_file():
@@ -361,6 +414,7 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
         restore_rng(saved["rng"], loader_gen)
         if ctx.is_main and not quiet:
             print(f"resuming {ckpt_path} after epoch {epoch} (step {step})")
+    saved_epoch = epoch
     if ctx.enabled:
         broadcast_parameters(model)
 
@@ -388,16 +442,23 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
                 result = train_step(net, optimizer, x, y, values, tcfg, x_min, x_max, grt_gen, ctx.world_size)
                 step += 1
                 b = len(y)
+                loss = float(result.loss.detach())
+                if not math.isfinite(loss):
+                    raise _diverged(f"non-finite loss ({loss})", epoch, step, tcfg, ckpt_path, saved_epoch)
                 ver = batch_verified_error(result)
-                sums += torch.tensor([float(result.loss.detach()) * b, float(result.natural_error) * b, ver * b, b],
+                sums += torch.tensor([loss * b, float(result.natural_error) * b, ver * b, b],
                                      dtype=torch.float64)
                 if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{float(result.loss.detach()):.3f}", err=f"{float(result.natural_error):.3f}",
+                    bar.set_postfix(loss=f"{loss:.3f}", err=f"{float(result.natural_error):.3f}",
                                     verr=f"{ver:.3f}", eps=f"{values.eps:.4f}", refresh=False)
             if ctx.enabled:
                 import torch.distributed as dist
 
                 dist.all_reduce(sums)
+            bad = _non_finite_weights(model)
+            if bad:
+                raise _diverged(f"non-finite weights ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})",
+                                epoch, step, tcfg, ckpt_path, saved_epoch)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             epoch += 1
@@ -417,17 +478,20 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
                                test_verifier=tcfg["test_verifier"], test_eps=tcfg["eps"])
                 row["epoch_seconds"] = round(time.time() - epoch_start, 3)
                 history.append(row)
-                log.append(row)
-                state = {
+                state = with_digest({
                     "format": FORMAT, "version": VERSION, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler_state(scheduler),
                     "rng": capture_rng(loader_gen), "config": cfg, "model_info": mi,
                     "epoch": epoch, "step": step, "history": history, "world_size": ctx.world_size,
                     "torch_version": str(torch.__version__),
-                }
+                })
                 atomic_save(state, ckpt_path)
+                saved_epoch = epoch
                 if tcfg["keep_checkpoints"]:
                     atomic_save(state, folder / f"checkpoint_epoch{epoch}.pt")
+                # after the checkpoint: a kill in between leaves the log one row short, which resuming
+                # restores from the checkpoint's history, never a row without its checkpoint
+                log.append(row)
                 if not quiet:
                     print(_format_row(row), flush=True)
                 if on_epoch_end is not None:

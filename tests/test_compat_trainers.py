@@ -224,6 +224,11 @@ def test_star_import_of_perturbations_hands_out_numpy_and_torch():
             ns[refused](eps=1)
     with pytest.raises(UnsupportedFeatureError, match="weight perturbation"):
         BoundedParameter(torch.zeros(2), PerturbationLpNorm(eps=0.1))
+    from gmbound.compat import register_custom_op
+    from gmbound.compat.utils import Flatten
+    with pytest.raises(UnsupportedFeatureError, match="register_custom_op"):
+        register_custom_op("custom::op", object)
+    assert Flatten()(torch.zeros(2, 3, 4)).shape == (2, 12)
 
 
 def test_utils():

@@ -238,3 +238,60 @@ def test_full_mnist_from_gz() -> None:
     first_zeros = torch.nonzero(train.targets == 0)[:400, 0]  # type: ignore[attr-defined]
     torch.testing.assert_close(embedded.data[embedded.targets == 0],  # type: ignore[attr-defined]
                                train.data[first_zeros])  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------- corrupt and inconsistent files
+
+def _gz_mnist(tmp_path: Path) -> Path:
+    make_idx_folder(tmp_path, "MNIST", gz=True)
+    return tmp_path / "MNIST" / "raw"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flip"])
+def test_corrupt_gzip_names_the_file(tmp_path: Path, damage: str) -> None:
+    """Before: a raw EOFError / BadGzipFile from gzip, naming no file."""
+    target = _gz_mnist(tmp_path) / "t10k-images-idx3-ubyte.gz"
+    raw = bytearray(target.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw[len(raw) // 2] ^= 0x10  # gzip's CRC-32 trailer catches it
+    target.write_bytes(bytes(raw))
+    with pytest.raises(data.DataError, match=r"t10k-images-idx3-ubyte\.gz: corrupt or truncated gzip"):
+        load_dataset("mnist", tmp_path, train=False)
+
+
+def test_idx_header_cut_short(tmp_path: Path) -> None:
+    (tmp_path / "cut").write_bytes(bytes([0, 0, 8, 3, 0, 0]))  # 3 dimensions announced, 2 bytes of them
+    with pytest.raises(data.DataError, match="header cut short"):
+        read_idx(tmp_path / "cut")
+
+
+def test_label_count_must_match_image_count(tmp_path: Path) -> None:
+    raw = _gz_mnist(tmp_path)
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.zeros(5, np.uint8), 0x08)  # 6 images
+    with pytest.raises(data.DataError, match="6 images but .*t10k-labels-idx1-ubyte.gz holds 5 labels"):
+        load_dataset("mnist", tmp_path, train=False)
+
+
+def test_labels_out_of_range_are_refused_at_load(tmp_path: Path) -> None:
+    """Before: label 10 loaded fine and failed (or silently misbehaved) mid-training."""
+    raw = _gz_mnist(tmp_path)
+    write_idx(raw / "train-labels-idx1-ubyte.gz", np.array([0, 1, 2, 10, 3, 4], np.uint8), 0x08)
+    with pytest.raises(data.DataError, match=r"train-labels-idx1-ubyte.gz: 1 label\(s\) outside 0..9 \(e.g. 10\)"):
+        load_dataset("mnist", tmp_path, train=True)
+
+
+def test_cifar_labels_and_pickles_are_checked(tmp_path: Path) -> None:
+    make_cifar_folder(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    with open(folder / "test_batch", "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    batch["labels"] = [11] * len(batch["labels"])
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.warns(UserWarning), pytest.raises(data.DataError, match="test_batch: .*outside 0..9"):
+        load_dataset("cifar10", tmp_path, train=False)
+    (folder / "test_batch").write_bytes(b"\x80\x04garbage")
+    with pytest.warns(UserWarning), pytest.raises(data.DataError, match="test_batch: not a readable CIFAR-10 batch"):
+        load_dataset("cifar10", tmp_path, train=False)

@@ -99,18 +99,3 @@ def test_bad_method_beta_and_labels(case):
         bnet.margin_bounds(x, torch.tensor([0, 1]), 0.1)
     with pytest.raises(gmbound.BoundInputError, match="x contains NaN"):
         bnet.bounds(torch.full_like(x, float("nan")), 0.1)
-
-
-def test_strict_float32_switches_tf32_off_and_restores_it():
-    from gmbound.bounded import strict_float32
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        with strict_float32():
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-        with strict_float32(enabled=False):
-            assert torch.backends.cudnn.allow_tf32
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

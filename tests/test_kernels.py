@@ -313,13 +313,13 @@ def one_thread():
     torch.set_num_threads(saved)
 
 
-def _small_samples(requires_grad: bool):
-    """One small float64 call of every forward op, for gradcheck / opcheck."""
+def _small_samples(requires_grad: bool, device: str = "cpu"):
+    """One small float64 call of every forward op on ``device``, for gradcheck / opcheck."""
     g = gen(123)
     rg = requires_grad
 
     def t(x):
-        return x.detach().clone().requires_grad_(rg)
+        return x.detach().to(device).clone().requires_grad_(rg)
 
     l1, u1 = rand_bounds(g, 2, 2, 3)
     l1, u1 = l1 + 0.01, u1 + 0.02  # stay away from the kinks for finite differences
@@ -337,7 +337,8 @@ def _small_samples(requires_grad: bool):
     l_co, u_co = l_co + 0.017, u_co + 0.023
     lam_co = randn(g, 2, 1, 2, 3, ho, wo)
     w_step = randn(g, 3, 2, 2, 2)
-    zero, one = torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    zero = torch.tensor(0.0, dtype=torch.float64, device=device)
+    one = torch.tensor(1.0, dtype=torch.float64, device=device)
     return {
         "interval_linear": (t(l1), t(u1), t(w_lin), t(b_lin), True),
         "interval_conv2d": (t(l4), t(u4), t(w_conv), t(b_conv), [2, 1], [1, 0], [1, 2], True),
@@ -360,11 +361,12 @@ def _fix_linear_step(samples):
     return samples
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["interval_linear", "interval_conv2d", "interval_input_linear",
                                   "interval_input_conv2d", "relu_relax", "crown_linear_step",
                                   "crown_conv2d_step", "concretize"])
-def test_gradcheck(name, one_thread):
-    args = _fix_linear_step(_small_samples(True))[name]
+def test_gradcheck(name, device, one_thread):
+    args = _fix_linear_step(_small_samples(True, device))[name]
     op = getattr(ops, name)
 
     def fn(*tensors):
@@ -380,46 +382,53 @@ def test_gradcheck(name, one_thread):
                                   "interval_input_conv2d", "relu_relax", "crown_linear_step",
                                   "crown_conv2d_step", "concretize"])
 @pytest.mark.parametrize("requires_grad", [True, False])
-def test_opcheck_forward_ops(name, requires_grad, one_thread):
-    args = _fix_linear_step(_small_samples(requires_grad))[name]
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_forward_ops(name, requires_grad, device, one_thread):
+    """Schema, fake kernel (sizes and strides: channels-last blocks on CPU, contiguous on CUDA),
+    autograd registration and AOT dispatch, on each device's kernels."""
+    args = _fix_linear_step(_small_samples(requires_grad, device))[name]
     torch.library.opcheck(getattr(ops, name).default, args)
 
 
-def _backward_samples():
-    """One call of every backward op (the arguments its forward's autograd formula passes)."""
-    s = _fix_linear_step(_small_samples(False))
+def _backward_samples(device: str = "cpu"):
+    """One call of every backward op on ``device`` (the arguments its forward's autograd formula passes)."""
+    s = _fix_linear_step(_small_samples(False, device))
     g = gen(5)
     out = {}
+
+    def rnd(*shape):
+        return randn(g, *shape).to(device)
+
     lo, up, w, b, relu = s["interval_linear"]
     gl, gu = ops.interval_linear(lo, up, w, b, relu)
-    out["interval_linear_backward"] = (randn(g, *gl.shape), randn(g, *gu.shape), lo, up, w, True, relu,
+    out["interval_linear_backward"] = (rnd(*gl.shape), rnd(*gu.shape), lo, up, w, True, relu,
                                        [True, True, True, True])
     lo, up, w, b, st, pa, di, relu = s["interval_conv2d"]
     gl, _ = ops.interval_conv2d(lo, up, w, b, st, pa, di, relu)
-    out["interval_conv2d_backward"] = (randn(g, *gl.shape), randn(g, *gl.shape), lo, up, w, True, st, pa, di,
+    out["interval_conv2d_backward"] = (rnd(*gl.shape), rnd(*gl.shape), lo, up, w, True, st, pa, di,
                                        relu, [True, False, True, True])
     x, r, xmin, xmax, w, b = s["interval_input_linear"]
     gl, _ = ops.interval_input_linear(x, r, xmin, xmax, w, b)
-    out["interval_input_linear_backward"] = (randn(g, *gl.shape), randn(g, *gl.shape), x, r, xmin, xmax, w, True,
+    out["interval_input_linear_backward"] = (rnd(*gl.shape), rnd(*gl.shape), x, r, xmin, xmax, w, True,
                                              [True, True, False, False, True, True])
     x, r, xmin, xmax, w, b, st, pa, di = s["interval_input_conv2d"]
     gl, _ = ops.interval_input_conv2d(x, r, xmin, xmax, w, b, st, pa, di)
-    out["interval_input_conv2d_backward"] = (randn(g, *gl.shape), randn(g, *gl.shape), x, r, xmin, xmax, w, True,
+    out["interval_input_conv2d_backward"] = (rnd(*gl.shape), rnd(*gl.shape), x, r, xmin, xmax, w, True,
                                              st, pa, di, [True, True, True, True, True, False])
     lam, lo, up = s["relu_relax"]
     z, bias = ops.relu_relax(lam, lo, up)
-    out["relu_relax_backward"] = (randn(g, *z.shape), randn(g, *bias.shape), lam, lo, up, [True, True, True])
+    out["relu_relax_backward"] = (rnd(*z.shape), rnd(*bias.shape), lam, lo, up, [True, True, True])
     lam, lo, up, w, b = s["crown_linear_step"]
     li, bias = ops.crown_linear_step(lam, lo, up, w, b)
-    out["crown_linear_step_backward"] = (randn(g, *li.shape), randn(g, *bias.shape), lam, lo, up, w, b,
+    out["crown_linear_step_backward"] = (rnd(*li.shape), rnd(*bias.shape), lam, lo, up, w, b,
                                          [True, True, True, True, True])
     lam, lo, up, w, b, st, pa, di, op_ = s["crown_conv2d_step"]
     li, bias = ops.crown_conv2d_step(lam, lo, up, w, b, st, pa, di, op_)
-    out["crown_conv2d_step_backward"] = (randn(g, *li.shape), randn(g, *bias.shape), lam, lo, up, w, b, st, pa,
+    out["crown_conv2d_step_backward"] = (rnd(*li.shape), rnd(*bias.shape), lam, lo, up, w, b, st, pa,
                                          di, op_, [True, False, True, True, True])
     lam, lo, up, relu = s["concretize"]
     res = ops.concretize(lam, lo, up, relu)
-    out["concretize_backward"] = (randn(g, *res.shape), lam, lo, up, relu, [True, True, False])
+    out["concretize_backward"] = (rnd(*res.shape), lam, lo, up, relu, [True, True, False])
     return out
 
 
@@ -427,8 +436,10 @@ def _backward_samples():
                                   "interval_input_linear_backward", "interval_input_conv2d_backward",
                                   "relu_relax_backward", "crown_linear_step_backward",
                                   "crown_conv2d_step_backward", "concretize_backward"])
-def test_opcheck_backward_ops(name, one_thread):
-    torch.library.opcheck(getattr(ops, name).default, _backward_samples()[name],
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward_ops(name, device, one_thread):
+    """The backward ops' schemas and fake kernels (the gradients' strides) on each device."""
+    torch.library.opcheck(getattr(ops, name).default, _backward_samples(device)[name],
                           test_utils=("test_schema", "test_faketensor"))
 
 

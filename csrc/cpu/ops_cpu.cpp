@@ -8,11 +8,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <type_traits>
 #include <vector>
 
+#include "bound_math.h"
 #include "composite.h"
+#include "kernel_helpers.h"
 
 namespace gmbound {
 namespace {
@@ -28,37 +29,16 @@ void check_dense(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.is_non_overlapping_and_dense(), "gmbound CPU kernel: ", what, " is not dense");
 }
 
-struct Dims {
-  int64_t M, N, B, K, S;
-};
-
-Dims lam_dims(const at::Tensor& lam, const at::Tensor& lower) {
-  Dims d;
-  d.M = lam.size(0);
-  d.B = lam.size(1);
-  d.K = lam.size(2);
-  d.N = lower.size(0);
-  d.S = d.N * d.B == 0 ? 0 : lower.numel() / (d.N * d.B);
-  return d;
-}
-
 // ------------------------------------------------------------------------------- element-wise
 template <typename T>
 void centre_radius_impl(const T* l, const T* u, bool relu, T* c, T* r, int64_t n) {
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     if (relu) {
 #pragma omp simd
-      for (int64_t i = begin; i < end; ++i) {
-        const T lo = std::max(l[i], T(0)), up = std::max(u[i], T(0));
-        c[i] = (up + lo) / 2;
-        r[i] = (up - lo) / 2;
-      }
+      for (int64_t i = begin; i < end; ++i) math::centre_radius(l[i], u[i], true, c[i], r[i]);
     } else {
 #pragma omp simd
-      for (int64_t i = begin; i < end; ++i) {
-        c[i] = (u[i] + l[i]) / 2;
-        r[i] = (u[i] - l[i]) / 2;
-      }
+      for (int64_t i = begin; i < end; ++i) math::centre_radius(l[i], u[i], false, c[i], r[i]);
     }
   });
 }
@@ -91,56 +71,23 @@ void bounds_grads_impl(const T* gc, const T* gr, const T* l, const T* u, bool re
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
-      // c = (u + l) / 2, rho = (u - l) / 2; clamp_min(0) passes the gradient where x > 0 (not at 0)
-      T a = (gc[i] - gr[i]) / 2, b = (gc[i] + gr[i]) / 2;
-      if (relu) {
-        a = l[i] > 0 ? a : T(0);
-        b = u[i] > 0 ? b : T(0);
-      }
-      gl[i] = a;
-      gu[i] = b;
+      math::centre_radius_to_bound_grads(gc[i], gr[i], l[i], u[i], relu, gl[i], gu[i]);
     }
   });
 }
 
 // ------------------------------------------------------------------------------- ReLU relaxation
-// Coefficients of one block, exactly as reference relu_relaxation:
-// pos = alpha (lower line), neg = s (upper slope), icp = t (upper intercept).
+// Coefficients of one block (bound_math.h): pos = alpha (lower line), neg = s (upper slope),
+// icp = t (upper intercept).
 template <typename T>
 inline void relax_coeffs(const T* l, const T* u, int64_t S, T* pos, T* neg, T* icp) {
-  for (int64_t s = 0; s < S; ++s) {
-    const T lo = l[s], up = u[s];
-    const bool active = lo >= 0;
-    const bool unstable = lo < 0 && up > 0;
-    const T chord = unstable ? up / (up - lo) : T(0);
-    neg[s] = active ? T(1) : chord;
-    icp[s] = -chord * lo;
-    pos[s] = (active || (unstable && up > -lo)) ? T(1) : T(0);
-  }
+  for (int64_t s = 0; s < S; ++s) math::relu_relaxation(l[s], u[s], pos[s], neg[s], icp[s]);
 }
 
-// Gradients of (slope, intercept) back to (lower, upper), as autograd differentiates
-// relu_relaxation: chord = u / (u - l) on unstable neurons, slope = 1 on active ones, t = -chord l.
+// Gradients of (slope, intercept) of one block back to (lower, upper).
 template <typename T, typename A>
 inline void relax_coeff_grads(const T* l, const T* u, const A* gs, const A* gt, int64_t S, T* gl, T* gu) {
-  for (int64_t s = 0; s < S; ++s) {
-    const T lo = l[s], up = u[s];
-    if (!(lo < 0 && up > 0)) {  // not unstable: slope and intercept are constants
-      gl[s] = T(0);
-      gu[s] = T(0);
-      continue;
-    }
-    const T denom = up - lo;
-    const T chord = up / denom;
-    const A g_chord = gs[s] - gt[s] * A(lo);
-    A g_l = -gt[s] * A(chord);
-    A g_u = g_chord / A(denom);
-    const A g_den = -g_chord * A(up) / (A(denom) * A(denom));
-    g_u += g_den;
-    g_l -= g_den;
-    gl[s] = static_cast<T>(g_l);
-    gu[s] = static_cast<T>(g_u);
-  }
+  for (int64_t s = 0; s < S; ++s) math::relu_relaxation_grads(l[s], u[s], gs[s], gt[s], gl[s], gu[s]);
 }
 
 template <typename T>
@@ -162,9 +109,9 @@ void relax_forward_impl(const T* lp, const T* lo, const T* up, const T* cb, Geom
         acc_t acc = 0;
 #pragma omp simd reduction(+ : acc)
         for (int64_t s = 0; s < S; ++s) {  // branch-free so it vectorises
-          const T x = v[s], p = pos[s], q = neg[s], t = icp[s];
-          zo[s] = x * (x > T(0) ? p : q);
-          acc += acc_t((x < T(0) ? x : T(0)) * t);
+          const T x = v[s];
+          zo[s] = math::relaxed_lam(x, pos[s], neg[s]);
+          acc += acc_t(math::neg_part(x) * icp[s]);
         }
         if (cb != nullptr) {  // + z . bias of the affine layer below, channel by channel
           acc_t acc_b = 0;
@@ -197,12 +144,14 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
   using acc_t = at::acc_type<T, false>;
   const int64_t S = d.S, K = d.K, B = d.B, M = d.M, N = d.N, C = geom.C, HW = geom.HW;
   const bool cl = geom.channels_last;
-  std::vector<acc_t> gcb_total(gcb_out ? C : 0, acc_t(0));
-  std::mutex gcb_mutex;
   // Lambda shared by all radii (M = 1 < N): its gradient sums over the radii, so one task per
   // sample then, and no two tasks write the same row.
   const bool shared = M == 1 && N > 1;
-  at::parallel_for(0, shared ? B : N * B, row_grain((shared ? N : 1) * K * S), [&](int64_t begin, int64_t end) {
+  const int64_t tasks = shared ? B : N * B;
+  // The bias gradient: each task's partial sums in its own row, added up in task order afterwards,
+  // so the result does not depend on how the tasks were spread over the threads (deterministic).
+  std::vector<acc_t> gcb_rows(gcb_out ? tasks * C : 0, acc_t(0));
+  at::parallel_for(0, tasks, row_grain((shared ? N : 1) * K * S), [&](int64_t begin, int64_t end) {
     std::vector<T> coef(3 * S);
     T* pos = coef.data();
     T* neg = pos + S;
@@ -211,7 +160,6 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
     acc_t* gs = acc.data();
     acc_t* gt = gs + S;
     std::vector<T> gcol(cb ? S : 0);
-    std::vector<acc_t> gcb_local(gcb_out ? C : 0, acc_t(0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n0 = shared ? 0 : task / B, n1 = shared ? N : n0 + 1, b = shared ? task : task % B;
       for (int64_t n = n0; n < n1; ++n) {
@@ -246,11 +194,9 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
           auto step = [&](auto accumulate) {
 #pragma omp simd
             for (int64_t s = 0; s < S; ++s) {
-              const T x = v[s], gg = g[s], p = pos[s], q = neg[s], t = icp[s];
-              const T xn = x < T(0) ? x : T(0);
-              const T rp = gg * p, rn = gg * q + gb * t;
-              T r = x < T(0) ? rn : T(0);
-              r = x > T(0) ? rp : r;
+              const T x = v[s], gg = g[s];
+              const T xn = math::neg_part(x);
+              const T r = math::relaxed_lam_grad(x, gg, gb, pos[s], neg[s], icp[s]);
               if constexpr (decltype(accumulate)::value) {
                 gl[s] += r;
               } else {
@@ -268,12 +214,9 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
           if (zp != nullptr || gcb_out != nullptr) {  // z itself (weight gradient), and the bias gradient
             T* zo = zp ? zp + (nb * K + k) * S : gcol.data();
 #pragma omp simd
-            for (int64_t s = 0; s < S; ++s) {
-              const T x = v[s], p = pos[s], q = neg[s];
-              zo[s] = x * (x > T(0) ? p : q);
-            }
+            for (int64_t s = 0; s < S; ++s) zo[s] = math::relaxed_lam(v[s], pos[s], neg[s]);
             if (gcb_out != nullptr) {
-              acc_t* gcbl = gcb_local.data();
+              acc_t* gcbl = gcb_rows.data() + task * C;
               if (cl) {
                 for (int64_t hw = 0; hw < HW; ++hw)
                   for (int64_t c = 0; c < C; ++c) gcbl[c] += acc_t(gb) * acc_t(zo[hw * C + c]);
@@ -291,13 +234,13 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
         relax_coeff_grads(lo + nb * S, up + nb * S, gs, gt, S, glo + nb * S, gup + nb * S);
       }
     }
-    if (gcb_out != nullptr) {
-      std::lock_guard<std::mutex> guard(gcb_mutex);
-      for (int64_t c = 0; c < C; ++c) gcb_total[c] += gcb_local[c];
-    }
   });
   if (gcb_out != nullptr) {
-    for (int64_t c = 0; c < C; ++c) gcb_out[c] = static_cast<T>(gcb_total[c]);
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t total = 0;
+      for (int64_t task = 0; task < tasks; ++task) total += gcb_rows[task * C + c];
+      gcb_out[c] = static_cast<T>(total);
+    }
   }
 }
 
@@ -314,8 +257,8 @@ void concretize_impl(const T* lp, const T* lo, const T* up, bool relu, T* op, co
       const T* u = up + nb * S;
       if (relu) {
         for (int64_t s = 0; s < S; ++s) {
-          buf[s] = std::max(l[s], T(0));
-          buf[S + s] = std::max(u[s], T(0));
+          buf[s] = math::relu(l[s]);
+          buf[S + s] = math::relu(u[s]);
         }
         l = buf.data();
         u = buf.data() + S;
@@ -325,8 +268,7 @@ void concretize_impl(const T* lp, const T* lo, const T* up, bool relu, T* op, co
         acc_t acc = 0;
 #pragma omp simd reduction(+ : acc)
         for (int64_t s = 0; s < S; ++s) {
-          const T x = v[s], a = l[s], b = u[s];
-          acc += acc_t(x * (x >= T(0) ? a : b));
+          acc += acc_t(math::concretize_term(v[s], l[s], u[s]));
         }
         op[nb * K + k] = static_cast<T>(acc);
       }
@@ -355,10 +297,7 @@ void concretize_backward_impl(const T* gop, const T* lp, const T* lo, const T* u
         const T* l = lo + nb * S;
         const T* u = up + nb * S;
         for (int64_t s = 0; s < S; ++s) {
-          const T ls = relu ? std::max(l[s], T(0)) : l[s];
-          const T us = relu ? std::max(u[s], T(0)) : u[s];
-          c[s] = (us + ls) / 2;
-          rho[s] = (us - ls) / 2;
+          math::centre_radius(l[s], u[s], relu, c[s], rho[s]);
         }
         std::fill(gc, gc + 2 * S, acc_t(0));
         for (int64_t k = 0; k < K; ++k) {
@@ -368,10 +307,8 @@ void concretize_backward_impl(const T* gop, const T* lp, const T* lo, const T* u
           auto step = [&](auto accumulate) {
 #pragma omp simd
             for (int64_t s = 0; s < S; ++s) {
-              const T x = v[s], cc = c[s], rr = rho[s];
-              T sg = x < T(0) ? T(-1) : T(0);
-              sg = x > T(0) ? T(1) : sg;
-              const T r = g * (cc - sg * rr);  // d/dlam (lam c - |lam| rho)
+              const T x = v[s];
+              const T r = math::concretize_lam_grad(g, x, c[s], rho[s]);
               if constexpr (decltype(accumulate)::value) {
                 gl[s] += r;
               } else {
@@ -390,10 +327,11 @@ void concretize_backward_impl(const T* gop, const T* lp, const T* lo, const T* u
         T* glr = glo + nb * S;
         T* gur = gup + nb * S;
         for (int64_t s = 0; s < S; ++s) {
+          // back through c = (u + l) / 2, rho = (u - l) / 2 (the sums are in double)
           T a = static_cast<T>((gc[s] - gr[s]) / 2), bb = static_cast<T>((gc[s] + gr[s]) / 2);
-          if (relu) {  // clamp_min(0) passes the gradient where x > 0
-            a = l[s] > 0 ? a : T(0);
-            bb = u[s] > 0 ? bb : T(0);
+          if (relu) {
+            a = math::relu_grad(l[s], a);
+            bb = math::relu_grad(u[s], bb);
           }
           glr[s] = a;
           gur[s] = bb;
@@ -401,16 +339,6 @@ void concretize_backward_impl(const T* gop, const T* lp, const T* lo, const T* u
       }
     }
   });
-}
-
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
-}
-
-template <typename T>
-T* mut_or_null(const at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
 }
 
 }  // namespace

@@ -49,6 +49,16 @@ from .errors import UnsupportedFeatureError
 from .loss_fusion import CrossEntropyWrapper
 from .perturbations import PerturbationLinear, PerturbationLpNorm, PerturbationSynonym
 
+
+def register_custom_op(*args, **kwargs):
+    """auto_LiRPA's hook for new operators: refused (gmbound bounds a fixed set of layers)."""
+    raise UnsupportedFeatureError("register_custom_op is outside gmbound.compat's subset: gmbound bounds a fixed set of "
+                                  f"layers ({', '.join(SUPPORTED_LAYERS)})")
+
+
+unregister_custom_op = register_custom_op
+
 __all__ = ["BoundedModule", "BoundedTensor", "BoundedParameter", "BoundDataParallel", "CrossEntropyWrapper",
            "PerturbationLpNorm", "PerturbationSynonym", "PerturbationLinear", "UnsupportedFeatureError",
-           "UnsupportedLayerError", "BoundInputError", "SUPPORTED_LAYERS", "SUPPORTED_METHODS", "resolve_method"]
+           "UnsupportedLayerError", "BoundInputError", "SUPPORTED_LAYERS", "SUPPORTED_METHODS", "resolve_method",
+           "register_custom_op", "unregister_custom_op"]

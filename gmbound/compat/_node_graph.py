@@ -11,7 +11,7 @@ from collections import OrderedDict
 from torch import nn
 
 from .bound_ops import (Bound, BoundExp, BoundGatherElements, BoundInput, BoundReduceSum, BoundSub,
-                        node_class_for)
+                        node_class_for, node_class_for_op)
 
 
 def named_leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -56,6 +56,45 @@ def build_node_graph(sequential: nn.Sequential, prefix: str = "", loss_fusion_wr
         _link(sub, exp)
         _link(exp, total)
     return OrderedDict((node.name, node) for node in nodes)
+
+
+def build_node_graph_from(graph, model: nn.Module, prefix: str = "", loss_fusion_wrapper: bool = False
+                          ) -> tuple["OrderedDict[str, Bound]", str]:
+    """Nodes of a traced model's bound graph (``gmbound.graph.BoundGraph``), and its output node's name.
+
+    ``graph.nodes[0]`` is the input; node ``i`` becomes ``"/{i + offset}"`` (offset 1 with the labels
+    input of a loss-fusion wrapper), so, as for chains, the wrapper shifts every number by one.
+    """
+    paths = {id(m): f"{prefix}{name}" for name, m in model.named_modules() if name}
+    nodes: list[Bound] = [BoundInput("", "input_0")]
+    if loss_fusion_wrapper:
+        nodes.append(BoundInput("", "input_1"))
+    offset = len(nodes) - 1
+    for gnode in graph.nodes[1:]:
+        op = gnode.op
+        module = getattr(op, "module", None)
+        ori = paths.get(id(module)) if module is not None else None
+        nodes.append(node_class_for_op(op)("", ori or getattr(op, "where", type(op).__name__), module))
+    for k, node in enumerate(nodes):
+        node.name = f"/{k}"
+    for i, gnode in enumerate(graph.nodes[1:], start=1):
+        for j in gnode.inputs:
+            _link(nodes[j + offset if j > 0 else 0], nodes[i + offset])
+    model_output = nodes[graph.output + offset]
+    if loss_fusion_wrapper:
+        loss_nodes = [BoundGatherElements("", "gather"), BoundSub("", "sub"), BoundExp("", "exp"),
+                      BoundReduceSum("", "sum")]
+        for node in loss_nodes:
+            node.name = f"/{len(nodes)}"
+            nodes.append(node)
+        gather, sub, exp, total = loss_nodes
+        _link(model_output, gather)
+        _link(nodes[1], gather)
+        _link(model_output, sub)
+        _link(gather, sub)
+        _link(sub, exp)
+        _link(exp, total)
+    return OrderedDict((node.name, node) for node in nodes), model_output.name
 
 
 def _link(src: Bound, dst: Bound) -> None:

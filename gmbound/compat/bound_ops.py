@@ -74,6 +74,26 @@ class BoundIdentity(Bound):
     """``nn.Identity`` or ``nn.Dropout`` (no-ops for the bounds)."""
 
 
+class BoundAdd(Bound):
+    """A residual sum of two nodes."""
+
+
+class BoundReshape(Bound):
+    """``view`` / ``reshape`` / ``flatten`` in a traced forward."""
+
+
+class BoundAveragePool(Bound):
+    """``AvgPool2d`` / ``AdaptiveAvgPool2d`` / ``F.avg_pool2d``."""
+
+
+class BoundPad(Bound):
+    """Zero padding in a traced forward."""
+
+
+class BoundConstantAffine(Bound):
+    """Multiplication or addition by a constant in a traced forward."""
+
+
 class BoundGatherElements(Bound):
     """Loss fusion: ``y_label = gather(y, labels)``."""
 
@@ -104,6 +124,22 @@ _LAYER_NODES: tuple[tuple[type, type], ...] = (
     (nn.Linear, BoundLinear), (nn.Conv2d, BoundConv), (nn.ReLU, BoundRelu), (nn.Flatten, BoundFlatten),
     (nn.modules.batchnorm._BatchNorm, BoundBatchNormalization), (Normalize, BoundNormalize),
     (nn.Identity, BoundIdentity), (nn.Dropout, BoundIdentity))
+
+
+# gmbound's bound-op classes (gmbound.ops) -> node classes, for ops without a module of their own
+_OP_NODES = {"LinearOp": BoundLinear, "Conv2dOp": BoundConv, "ReLUOp": BoundRelu, "FlattenOp": BoundFlatten,
+             "ReshapeOp": BoundReshape, "ChannelAffineOp": BoundBatchNormalization, "AddOp": BoundAdd,
+             "AvgPool2dOp": BoundAveragePool, "PadOp": BoundPad, "ConstantAffineOp": BoundConstantAffine}
+
+
+def node_class_for_op(op) -> type:
+    """The node class for one of gmbound's bound ops (by its module where it has one)."""
+    module = getattr(op, "module", None)
+    if module is not None:
+        cls = node_class_for(module)
+        if cls is not Bound:
+            return cls
+    return _OP_NODES.get(type(op).__name__, Bound)
 
 
 def node_class_for(layer: nn.Module) -> type:

@@ -1,6 +1,6 @@
 """The helpers auto_LiRPA's example trainers import from ``auto_LiRPA.utils``.
 
-``MultiAverageMeter`` (running averages printed as ``key=value`` with four decimals),
+``MultiAverageMeter`` (running averages printed as ``key=value`` with four decimals), ``Flatten``,
 ``logger`` (INFO to standard output, as auto_LiRPA's), ``get_spec_matrix`` (the margin
 specification) and ``sync_params`` (copy trained parameters back into the original model).
 """
@@ -70,6 +70,10 @@ class MultiAverageMeter:
 
     def __repr__(self) -> str:
         return " ".join(f"{k}={self.avg(k):.4f}" for k in self.sum_meter)
+
+
+class Flatten(nn.Flatten):
+    """auto_LiRPA's legacy ``Flatten`` (``nn.Flatten()``, from dimension 1)."""
 
 
 def get_spec_matrix(X: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:

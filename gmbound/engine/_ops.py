@@ -4,14 +4,18 @@
   very sizes and strides the real kernels return (channels-last blocks for convolution layers on
   CPU, contiguous elsewhere; a gradient laid out like its input);
 * autograd formulas: each backward is itself a compiled op (``*_backward``), so the whole training
-  step stays on the fused kernels. Double backward is not supported.
+  step stays on the fused kernels, under the float32 policy its forward call ran under
+  (``gmbound.precision``). Double backward is not supported.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
 import torch
+
+from .. import precision
 
 ops = torch.ops.gmbound
 _LIB = "gmbound::"
@@ -193,6 +197,26 @@ def _(grad_out, lam, lower, upper, relu_input, output_mask):
 
 
 # ----------------------------------------------------------------------------- autograd
+def _register_autograd(name: str, backward, setup_context) -> None:
+    """``torch.library.register_autograd`` with the float32 policy of the forward call.
+
+    The backward ops run during ``loss.backward()``, outside the ``strict_float32`` block of the
+    call that made the bounds; each op records whether its forward ran strict and its backward
+    runs under the same policy (so TF32 convolutions reach the gradients only when opted into).
+    """
+
+    def setup(ctx, inputs, output):
+        ctx.strict_fp32 = precision.strict_active()
+        setup_context(ctx, inputs, output)
+
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        with precision.strict_float32(ctx.strict_fp32):
+            return backward(ctx, *grads)
+
+    torch.library.register_autograd(_LIB + name, run, setup_context=setup)
+
+
 def _grad(g: Optional[torch.Tensor], shape_like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(shape_like) if g is None else g
 
@@ -231,8 +255,8 @@ def _backward_interval_conv2d(ctx, g_lower, g_upper):
             None, None, None, None)
 
 
-torch.library.register_autograd(_LIB + "interval_linear", _backward_interval_linear, setup_context=_setup_interval)
-torch.library.register_autograd(_LIB + "interval_conv2d", _backward_interval_conv2d, setup_context=_setup_interval)
+_register_autograd("interval_linear", _backward_interval_linear, setup_context=_setup_interval)
+_register_autograd("interval_conv2d", _backward_interval_conv2d, setup_context=_setup_interval)
 
 
 def _setup_input(ctx, inputs, output):
@@ -266,8 +290,8 @@ def _backward_input_conv2d(ctx, g_lower, g_upper):
     return tuple(_pick(g, m) for g, m in zip(grads, mask)) + (None, None, None)
 
 
-torch.library.register_autograd(_LIB + "interval_input_linear", _backward_input_linear, setup_context=_setup_input)
-torch.library.register_autograd(_LIB + "interval_input_conv2d", _backward_input_conv2d, setup_context=_setup_input)
+_register_autograd("interval_input_linear", _backward_input_linear, setup_context=_setup_input)
+_register_autograd("interval_input_conv2d", _backward_input_conv2d, setup_context=_setup_input)
 
 
 def _setup_relax(ctx, inputs, output):
@@ -287,7 +311,7 @@ def _backward_relax(ctx, g_z, g_bias):
     return tuple(_pick(g, m) for g, m in zip(grads, mask))
 
 
-torch.library.register_autograd(_LIB + "relu_relax", _backward_relax, setup_context=_setup_relax)
+_register_autograd("relu_relax", _backward_relax, setup_context=_setup_relax)
 
 
 def _setup_step(ctx, inputs, output):
@@ -320,8 +344,8 @@ def _backward_conv_step(ctx, g_in, g_bias):
     return tuple(_pick(g, m) for g, m in zip(grads, mask)) + (None, None, None, None)
 
 
-torch.library.register_autograd(_LIB + "crown_linear_step", _backward_linear_step, setup_context=_setup_step)
-torch.library.register_autograd(_LIB + "crown_conv2d_step", _backward_conv_step, setup_context=_setup_step)
+_register_autograd("crown_linear_step", _backward_linear_step, setup_context=_setup_step)
+_register_autograd("crown_conv2d_step", _backward_conv_step, setup_context=_setup_step)
 
 
 def _setup_concretize(ctx, inputs, output):
@@ -338,4 +362,4 @@ def _backward_concretize(ctx, g_out):
     return tuple(_pick(g, m) for g, m in zip(grads, mask)) + (None,)
 
 
-torch.library.register_autograd(_LIB + "concretize", _backward_concretize, setup_context=_setup_concretize)
+_register_autograd("concretize", _backward_concretize, setup_context=_setup_concretize)

@@ -36,8 +36,13 @@ def input_box(x: torch.Tensor, radii: torch.Tensor, x_min: Optional[torch.Tensor
 
 
 def relu_bounds(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval ReLU: ReLU is monotone, so it maps ``[l, u]`` to ``[relu(l), relu(u)]``."""
-    return lower.clamp_min(0), upper.clamp_min(0)
+    """Interval ReLU: ReLU is monotone, so it maps ``[l, u]`` to ``[relu(l), relu(u)]``.
+
+    ``torch.relu``, not ``clamp_min(0)``: its gradient at 0 is 0 in every torch, while clamp_min's
+    passes the gradient at the boundary up to torch 2.11 and not from 2.14 on. The compiled kernels
+    (csrc/bound_math.h) use relu's convention.
+    """
+    return torch.relu(lower), torch.relu(upper)
 
 
 def _centre_radius(lower, upper, relu_input: bool):
@@ -116,7 +121,7 @@ def relu_backward(lam: torch.Tensor, lower: torch.Tensor,
     ``lam``: ``[N or 1, B, K, *S]``, ``lower``/``upper``: ``[N, B, *S]``.
     """
     alpha, slope, intercept = (v.unsqueeze(2) for v in relu_relaxation(lower, upper))
-    lam_pos, lam_neg = lam.clamp_min(0), lam.clamp_max(0)
+    lam_pos, lam_neg = torch.relu(lam), -torch.relu(-lam)  # no gradient at lam = 0 (see relu_bounds)
     lam_z = lam_pos * alpha + lam_neg * slope
     bias = (lam_neg * intercept).flatten(3).sum(-1)
     return lam_z, bias

@@ -1,0 +1,131 @@
+// The per-element bound formulas, written once for the CPU and the CUDA kernels (host and device
+// functions): every CPU test then runs the very arithmetic the GPU runs. Each is the twin of a
+// line in gmbound/reference/primitives.py; keep the three in step.
+//
+// Conventions: T is the data type (float, double), A the accumulation type (double on both
+// devices). Comparisons are written so that they give the reference's results at the edges:
+// relu(x) = x < 0 ? 0 : x keeps NaN (as clamp_min does); the gradient of clamp_min(x, 0) passes
+// only where x > 0; the slope of lam^+ / lam^- at lam == 0 is 0.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+// Inline everywhere: the CPU loops call these inside `#pragma omp simd` loops, which vectorise only
+// once the calls are gone.
+#define GMBOUND_HD C10_HOST_DEVICE C10_ALWAYS_INLINE
+
+namespace gmbound {
+namespace math {
+
+template <typename T>
+GMBOUND_HD T relu(T x) {
+  return x < T(0) ? T(0) : x;
+}
+
+// clamp_min(x, 0) passes the gradient g where x > 0 (not at 0).
+template <typename T>
+GMBOUND_HD T relu_grad(T x, T g) {
+  return x > T(0) ? g : T(0);
+}
+
+// lam^- = min(lam, 0)
+template <typename T>
+GMBOUND_HD T neg_part(T x) {
+  return x < T(0) ? x : T(0);
+}
+
+// --------------------------------------------------------------------------- centre / radius
+// [l, u] <-> c = (u + l) / 2, rho = (u - l) / 2 (of relu(l), relu(u) when relu).
+template <typename T>
+GMBOUND_HD void centre_radius(T l, T u, bool relu_input, T& c, T& rho) {
+  if (relu_input) {
+    l = relu(l);
+    u = relu(u);
+  }
+  c = (u + l) / 2;
+  rho = (u - l) / 2;
+}
+
+// (g_c, g_rho) back to (g_l, g_u) through the centre / radius and the optional ReLU on read.
+template <typename T>
+GMBOUND_HD void centre_radius_to_bound_grads(T gc, T grho, T l, T u, bool relu_input, T& gl, T& gu) {
+  T a = (gc - grho) / 2, b = (gc + grho) / 2;
+  if (relu_input) {
+    a = relu_grad(l, a);
+    b = relu_grad(u, b);
+  }
+  gl = a;
+  gu = b;
+}
+
+// --------------------------------------------------------------------------- ReLU relaxation
+// CROWN's relaxation of relu on [l, u], exactly as reference relu_relaxation:
+//   upper line  s x + t: s = 1 (active, l >= 0), u / (u - l) (unstable), 0 (inactive); t = -s l
+//   lower line  alpha x: alpha = 1 when active or (unstable and u > -l), else 0.
+// pos = alpha (taken by lam^+), neg = s and icp = t (taken by lam^-).
+template <typename T>
+GMBOUND_HD void relu_relaxation(T lo, T up, T& pos, T& neg, T& icp) {
+  const bool active = lo >= T(0);
+  const bool unstable = lo < T(0) && up > T(0);
+  const T chord = unstable ? up / (up - lo) : T(0);
+  neg = active ? T(1) : chord;
+  icp = -chord * lo;
+  pos = (active || (unstable && up > -lo)) ? T(1) : T(0);
+}
+
+// z = lam^+ alpha + lam^- s, element by element.
+template <typename T>
+GMBOUND_HD T relaxed_lam(T x, T pos, T neg) {
+  return x * (x > T(0) ? pos : neg);
+}
+
+// d/dlam of z g + (lam^- t) gb: lam^+ and lam^- pass no gradient at lam == 0 (nor at NaN).
+// Written as one select on (x > 0 or x < 0): the nested form `x > 0 ? rp : (x < 0 ? rn : 0)` is the
+// same function, but gcc 12 does not vectorise the CPU loop around it once it is inlined.
+template <typename T>
+GMBOUND_HD T relaxed_lam_grad(T x, T g, T gb, T pos, T neg, T icp) {
+  const T rp = g * pos, rn = g * neg + gb * icp;
+  const T r = x > T(0) ? rp : rn;
+  return (x > T(0) || x < T(0)) ? r : T(0);
+}
+
+// Gradients of (slope s, intercept t) back to (l, u), as autograd differentiates the reference:
+// only unstable neurons depend on their bounds. gs = dL/ds, gt = dL/dt (accumulated in A).
+//   s = u / (u - l), t = -s l:  dL/dl = -gt s + (gs - gt l) u / (u - l)^2
+//                               dL/du = (gs - gt l) / (u - l) - (gs - gt l) u / (u - l)^2
+template <typename T, typename A>
+GMBOUND_HD void relu_relaxation_grads(T lo, T up, A gs, A gt, T& gl, T& gu) {
+  if (!(lo < T(0) && up > T(0))) {  // not unstable: slope and intercept are constants
+    gl = T(0);
+    gu = T(0);
+    return;
+  }
+  const T denom = up - lo;
+  const T chord = up / denom;
+  const A g_chord = gs - gt * A(lo);
+  A g_l = -gt * A(chord);
+  A g_u = g_chord / A(denom);
+  const A g_den = -g_chord * A(up) / (A(denom) * A(denom));
+  g_u += g_den;
+  g_l -= g_den;
+  gl = static_cast<T>(g_l);
+  gu = static_cast<T>(g_u);
+}
+
+// --------------------------------------------------------------------------- concretisation
+// One term of min over a in [l, u] of lam . a: lam^+ l + lam^- u.
+template <typename T>
+GMBOUND_HD T concretize_term(T x, T l, T u) {
+  return x * (x >= T(0) ? l : u);
+}
+
+// d/dlam of g (lam c - |lam| rho) (the same bound in centre / radius form).
+template <typename T>
+GMBOUND_HD T concretize_lam_grad(T g, T x, T c, T rho) {
+  T sg = x < T(0) ? T(-1) : T(0);
+  sg = x > T(0) ? T(1) : sg;
+  return g * (c - sg * rho);
+}
+
+}  // namespace math
+}  // namespace gmbound
