@@ -13,7 +13,7 @@ from .network import BoundOp, ChannelAffineOp, UnsupportedLayerError, build_ops,
 from .precision import strict_float32
 from .specification import margin_spec
 from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_radii, check_domain,
-                         check_count, check_input, check_labels, check_spec)
+                         check_input, check_labels, check_spec)
 
 METHODS = ("ibp", "crown-ibp", "crown")
 _METHOD_ALIASES = {"ibp": "ibp", "crown-ibp": "crown-ibp", "crown_ibp": "crown-ibp", "crownibp": "crown-ibp",
@@ -121,7 +121,6 @@ class BoundedSequential(nn.Module):
             raise BoundInputError(f"crown_chunk must be a positive int or None (from free memory), got {crown_chunk!r}")
         ops = self._ops()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
-        crown_chunk = check_count(crown_chunk, "crown_chunk", "identity rows per full-CROWN backward pass")
         if any(isinstance(op, ChannelAffineOp) and op.uses_batch_stats for op in ops):
             # train-mode BatchNorm: bound with this batch's statistics, leaving the running ones alone
             self._clean_forward(ops, x, update_running_stats=False)

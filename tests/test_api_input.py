@@ -86,10 +86,10 @@ def test_n_radii_must_be_a_whole_number(n_radii, match):
         gmbound.radius_weights(n_radii)
 
 
-@pytest.mark.parametrize("chunk, match", [(0, "at least 1"), (-3, "at least 1"), (2.5, "whole number")])
-def test_crown_chunk_must_be_a_positive_whole_number(chunk, match):
+@pytest.mark.parametrize("chunk", [0, -3, 2.5])
+def test_crown_chunk_must_be_a_positive_whole_number(chunk):
     x, _ = _xy()
-    with pytest.raises(gmbound.BoundInputError, match=f"crown_chunk must be .*{match}"):
+    with pytest.raises(gmbound.BoundInputError, match="crown_chunk must be a positive int"):
         gmbound.BoundedSequential(_net()).bounds(x, 0.1, method="crown", crown_chunk=chunk)
 
 
