@@ -2,7 +2,8 @@
 
 Public API (see README.md):
 
-* ``BoundedSequential``, ``compute_bounds``, ``Bounds``: multi-radius IBP / CROWN-IBP / CROWN bounds
+* ``BoundedSequential`` (alias ``BoundedNetwork``), ``compute_bounds``, ``Bounds``: multi-radius IBP /
+  CROWN-IBP / CROWN bounds of a Sequential or a torch.fx-traceable ``nn.Module``
 * ``Normalize``: per-channel normalisation layer (keeps the perturbation box in pixel space)
 * ``margin_spec``, ``robust_logits``: the margin specification and the robust-loss logits
 * ``verified_mask``: verified = every margin lower bound > 0 (NaN never counts as verified)
@@ -16,7 +17,7 @@ Beside it: ``gmbound.models`` (model zoo), ``gmbound.data`` (data sets), ``gmbou
 examples/README.md). ``gmbound.compat`` stays out of this namespace: its ``compute_bounds`` returns
 no radius axis, unlike ``gmbound.compute_bounds``.
 """
-from .bounded import METHODS, Bounds, BoundedSequential, compute_bounds
+from .bounded import METHODS, Bounds, BoundedNetwork, BoundedSequential, compute_bounds
 from .certificates import verified_mask
 from .layers import Normalize
 from .losses import WEIGHT_SHAPES, GMLossResult, gm_loss, gm_radii, radius_weights
@@ -28,7 +29,7 @@ from .validation import BoundInputError
 __version__ = "0.1.0"
 
 __all__ = [
-    "BoundedSequential", "Bounds", "compute_bounds", "METHODS", "Normalize",
+    "BoundedSequential", "BoundedNetwork", "Bounds", "compute_bounds", "METHODS", "Normalize",
     "margin_spec", "robust_logits", "verified_mask",
     "gm_loss", "gm_radii", "radius_weights", "WEIGHT_SHAPES", "GMLossResult",
     "CrownIBPSchedule", "ScheduleValues", "linear_ramp", "smooth_ramp",

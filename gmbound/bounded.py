@@ -1,4 +1,4 @@
-"""``BoundedSequential``: the public front door for multi-radius bounds of a Sequential model."""
+"""``BoundedSequential``: the public front door for multi-radius bounds of a model (a Sequential or any traced nn.Module)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,9 @@ from torch import nn
 
 from . import propagation
 from .engine import chunking, get_primitives, tile_budget
-from .network import BoundOp, ChannelAffineOp, UnsupportedLayerError, build_ops, infer_shapes, shape_signature
+from .graph import BoundGraph
+from .network import build_graph
+from .ops import ChannelAffineOp, UnsupportedLayerError
 from .precision import strict_float32
 from .specification import margin_spec
 from .validation import (BoundInputError, DomainLike, RadiusLike, as_domain, as_radii, check_domain,
@@ -45,14 +47,17 @@ def _check_beta(beta: Union[float, torch.Tensor]) -> float:
 
 
 class BoundedSequential(nn.Module):
-    """Wraps an ``nn.Sequential`` (nested ones flattened) and bounds it for many radii at once.
+    """Wraps a model and bounds it for many radii at once.
 
-    Supported layers: ``Linear``, ``Conv2d`` (groups = 1), ``ReLU``, ``Flatten``,
-    ``BatchNorm1d/2d``, ``gmbound.Normalize``, ``Identity`` and eval-mode ``Dropout``;
-    anything else raises ``UnsupportedLayerError`` naming the layer and its index. So does a
-    layer that is not what its type says: a subclass replacing ``forward``, a forward hook or
-    pre-hook (on a layer, a container or globally), or ``torch.nn.utils.prune`` pruning.
-    The wrapped model's parameters (and layers) are read at every call: train or edit it as usual.
+    ``model``: an ``nn.Sequential`` (nested ones flattened) of the supported layers, or any
+    ``nn.Module`` whose forward torch.fx can trace into supported nodes (residual sums, average
+    pooling, ``F.relu``, ``view``, constants, ...; see ``gmbound.ops.registry``). Anything else
+    raises ``UnsupportedLayerError`` naming the layer and its index (Sequential) or the node, its
+    op and its source line (traced graph). ``BoundedNetwork`` is the same class.
+    So does a layer that is not what its type says: a subclass replacing ``forward`` (in a
+    Sequential; a traced model is traced through it), a forward hook or pre-hook (on a layer, a
+    container or globally), or ``torch.nn.utils.prune`` pruning. The wrapped model's parameters
+    (and layers) are read at every call: train or edit it as usual.
 
     Soundness: in float64 the bounds contain every output of every point of the box up to
     float64 rounding; float32 bounds can in principle be violated by a few ulps of the
@@ -62,41 +67,39 @@ class BoundedSequential(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        build_ops(model)  # validate now, so an unsupported layer fails at construction
+        self._trace_cache: dict = {}
+        build_graph(model, self._trace_cache)  # validate now, so an unsupported layer fails at construction
         self.model = model
         self._shape_cache: dict[tuple, list[tuple[int, ...]]] = {}
 
     # ------------------------------------------------------------------ helpers
-    def _ops(self) -> list[BoundOp]:
-        """Fresh ops each call: cheap, and they see the modules' current layers, modes and hooks."""
+    def _graph(self) -> BoundGraph:
+        """Fresh ops each call (the trace itself is cached): they see the modules' current layers, modes and hooks."""
         if self._forward_hooks or self._forward_pre_hooks:
             raise UnsupportedLayerError(
                 "the BoundedSequential has a forward hook or pre-hook: it would change net(x) but not the bounds. "
                 "Remove it (handle.remove())")
-        return build_ops(self.model)
+        return build_graph(self.model, self._trace_cache)
 
     def _first_param(self) -> Optional[torch.Tensor]:
         return next(iter(self.model.parameters()), None)
 
-    def _shapes(self, ops: list[BoundOp], x: torch.Tensor) -> list[tuple[int, ...]]:
+    def _shapes(self, graph: BoundGraph, x: torch.Tensor) -> list[tuple[int, ...]]:
         # Keyed by the layers' shapes too: a layer replaced after a call must not reuse stale shapes.
-        key = (tuple(x.shape[1:]), x.dtype, shape_signature(ops))
+        key = (tuple(x.shape[1:]), x.dtype, graph.signature())
         if key not in self._shape_cache:
             if len(self._shape_cache) >= _SHAPE_CACHE_SIZE:  # a model edited in a loop must not grow it forever
                 self._shape_cache.clear()
-            self._shape_cache[key] = infer_shapes(ops, tuple(x.shape[1:]), x.dtype, x.device)
+            self._shape_cache[key] = graph.infer_shapes(tuple(x.shape[1:]))
         return self._shape_cache[key]
 
     @staticmethod
-    def _clean_forward(ops: list[BoundOp], x: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
-        a = x
-        for op in ops:
-            a = op.forward(a, update_running_stats)
-        return a
+    def _clean_forward(graph: BoundGraph, x: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
+        return graph.forward(x, update_running_stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's ordinary output."""
-        return self._clean_forward(self._ops(), x)
+        return self._clean_forward(self._graph(), x)
 
     # ------------------------------------------------------------------ bounds
     def bounds(self, x: torch.Tensor, eps: RadiusLike, C: Optional[torch.Tensor] = None, *,
@@ -119,12 +122,12 @@ class BoundedSequential(nn.Module):
         if crown_chunk is not None and (isinstance(crown_chunk, bool) or not isinstance(crown_chunk, int)
                                         or crown_chunk < 1):
             raise BoundInputError(f"crown_chunk must be a positive int or None (from free memory), got {crown_chunk!r}")
-        ops = self._ops()
+        graph = self._graph()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
-        if any(isinstance(op, ChannelAffineOp) and op.uses_batch_stats for op in ops):
+        if any(isinstance(op, ChannelAffineOp) and op.uses_batch_stats for op in graph.ops):
             # train-mode BatchNorm: bound with this batch's statistics, leaving the running ones alone
-            self._clean_forward(ops, x, update_running_stats=False)
-        return self._bounds(ops, x, radii, lo, hi, C, _method(method), _check_beta(beta), bound_upper,
+            self._clean_forward(graph, x, update_running_stats=False)
+        return self._bounds(graph, x, radii, lo, hi, C, _method(method), _check_beta(beta), bound_upper,
                             backend, crown_chunk, allow_tf32)
 
     def _prepare(self, x, eps, x_min, x_max):
@@ -134,27 +137,28 @@ class BoundedSequential(nn.Module):
         check_domain(x, lo, hi)
         return x, radii, lo, hi
 
-    def _bounds(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk,
+    def _bounds(self, graph, x, radii, lo, hi, C, method, beta, bound_upper, backend, crown_chunk,
                 allow_tf32: bool = False) -> Bounds:
-        shapes = self._shapes(ops, x)
+        shapes = self._shapes(graph, x)
+        n_out = math.prod(shapes[graph.output])
         if C is not None:
-            check_spec(C, x, math.prod(shapes[-1]))  # before tiling, so errors name the whole batch
+            check_spec(C, x, n_out)  # before tiling, so errors name the whole batch
         if x.shape[0] == 0:  # an empty batch: empty bounds of the right shape, on every backend
-            empty = x.new_zeros((radii.shape[0], 0) + ((C.shape[1],) if C is not None else shapes[-1]))
+            empty = x.new_zeros((radii.shape[0], 0) + ((C.shape[1],) if C is not None else shapes[graph.output]))
             return Bounds(empty, empty.clone() if bound_upper else None)
-        k = (C.shape[1] if C is not None else math.prod(shapes[-1])) * (2 if bound_upper else 1)
+        k = (C.shape[1] if C is not None else n_out) * (2 if bound_upper else 1)
         tiles = chunking.plan(radii.shape[0], x.shape[0],
                               chunking.row_bytes(shapes, k, method != "ibp", x.element_size()), tile_budget(x.device))
 
         def bound(x_, radii_, lo_, hi_, C_):
-            return self._bounds_strict(ops, x_, radii_, lo_, hi_, C_, method, beta, bound_upper, backend, crown_chunk)
+            return self._bounds_strict(graph, x_, radii_, lo_, hi_, C_, method, beta, bound_upper, backend, crown_chunk)
         with strict_float32(not allow_tf32):
             return Bounds(*chunking.run_tiled(bound, tiles, x, radii, lo, hi, C))
 
-    def _bounds_strict(self, ops, x, radii, lo, hi, C, method, beta, bound_upper, backend,
+    def _bounds_strict(self, graph, x, radii, lo, hi, C, method, beta, bound_upper, backend,
                        crown_chunk) -> Bounds:
-        shapes = self._shapes(ops, x)
-        out_shape = shapes[-1]
+        shapes = self._shapes(graph, x)
+        out_shape = shapes[graph.output]
         n_out = 1
         for s in out_shape:
             n_out *= s
@@ -162,10 +166,7 @@ class BoundedSequential(nn.Module):
         box = prims.input_box(x, radii, lo, hi)
         if C is None:
             if method == "ibp":  # plain intervals all the way: no specification needed
-                state = propagation.interval_pass(ops, propagation.IntervalState(0, *box), len(ops), prims)
-                lower, upper = state.lower, state.upper
-                if state.relu_pending:
-                    lower, upper = prims.relu_bounds(lower, upper)
+                lower, upper = propagation.output_intervals(graph, box, prims)
                 return Bounds(lower, upper if bound_upper else None)
             spec = torch.eye(n_out, dtype=x.dtype, device=x.device).expand(x.shape[0], n_out, n_out)
         else:
@@ -176,11 +177,11 @@ class BoundedSequential(nn.Module):
             spec = torch.cat([spec, -spec], dim=1)
         spec = spec.reshape(spec.shape[:2] + out_shape)
         if method == "crown":
-            lb = propagation.full_crown_bounds(ops, shapes, box, spec, prims, crown_chunk)
+            lb = propagation.full_crown_bounds(graph, shapes, box, spec, prims, crown_chunk)
         else:
             want_crown = method == "crown-ibp" and beta > 0
             want_ibp = method == "ibp" or beta < 1
-            res = propagation.spec_bounds(ops, shapes, box, spec, prims, want_ibp, want_crown)
+            res = propagation.spec_bounds(graph, shapes, box, spec, prims, want_ibp, want_crown)
             if not want_crown:
                 lb = res.ibp
             elif not want_ibp:
@@ -210,15 +211,15 @@ class BoundedSequential(nn.Module):
         The clean pass runs first, so train-mode BatchNorm layers bound with this batch's statistics.
         ``allow_tf32`` as in :meth:`bounds`.
         """
-        ops = self._ops()
+        graph = self._graph()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
-        logits = self._clean_forward(ops, x)
+        logits = self._clean_forward(graph, x)
         if logits.dim() != 2:
             raise BoundInputError(f"margin bounds need logits [B, n_classes]; the model outputs {tuple(logits.shape)}")
         n_classes = logits.shape[1]
         check_labels(y, x, n_classes)
         spec = margin_spec(y, n_classes, dtype=x.dtype)
-        margins = self._bounds(ops, x, radii, lo, hi, spec, _method(method), _check_beta(beta), False,
+        margins = self._bounds(graph, x, radii, lo, hi, spec, _method(method), _check_beta(beta), False,
                                backend, None, allow_tf32).lower
         return logits, margins
 
@@ -228,3 +229,6 @@ def compute_bounds(model: nn.Module, x: torch.Tensor, eps: RadiusLike, C: Option
     """Functional form of ``BoundedSequential(model).bounds(x, eps, C, **kwargs)``."""
     net = model if isinstance(model, BoundedSequential) else BoundedSequential(model)
     return net.bounds(x, eps, C, **kwargs)
+
+
+BoundedNetwork = BoundedSequential  # the same class: it bounds any supported nn.Module, not only Sequentials

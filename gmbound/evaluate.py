@@ -43,22 +43,15 @@ class UnsoundBoundError(RuntimeError):
 
 
 def relu_neurons(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Number of ReLU outputs of the model for one input of ``input_shape`` (``[C, H, W]``)."""
-    count = 0
+    """Number of ReLU outputs of the model for one input of ``input_shape`` (``[C, H, W]``).
 
-    def hook(_module, _inp, out):
-        nonlocal count
-        count += out[0].numel()
+    Counted on the bound graph, so functional ReLUs (``F.relu``) of a traced model count too.
+    """
+    from .network import build_graph
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        p = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros((1,) + tuple(input_shape), dtype=p.dtype, device=p.device))
-    finally:
-        for h in handles:
-            h.remove()
-    return count
+    graph = build_graph(model)
+    shapes = graph.infer_shapes(tuple(input_shape))
+    return sum(math.prod(shapes[i]) for i in graph.relus(graph.ancestors([graph.output])))
 
 
 def _radius_chunks(radii: torch.Tensor, chunk: int) -> Iterable[slice]:

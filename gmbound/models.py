@@ -1,7 +1,8 @@
-"""Model zoo: the DeepMind IBP networks (Gowal et al. 2018), CNN-7 and a small MLP, by name.
+"""Model zoo: the DeepMind IBP networks (Gowal et al. 2018), CNN-7, a small MLP and ResNet-20, by name.
 
-Every model is a flat ``nn.Sequential`` of Conv2d / Linear / BatchNorm / ReLU / Flatten (plus an
-optional leading ``Normalize``), because that is all the bound engine accepts.
+The feed-forward models are flat ``nn.Sequential``s of Conv2d / Linear / BatchNorm / ReLU / Flatten
+(plus an optional leading ``Normalize``). ``resnet20`` is the CIFAR residual network of He et al.
+(2016) with BatchNorm, written as a plain ``nn.Module`` that the graph front end traces.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch.nn as nn
+import torch.nn.functional as F
 
 # A conv spec is (out_channels, kernel, stride, padding); "VALID" in the papers is padding 0.
 ConvSpec = tuple[int, int, int, int]
@@ -85,12 +87,73 @@ def _mlp(c: int, s: int, n: int, hidden: Sequence[int] = (256, 256)) -> list[nn.
     return _conv_net(c, s, n, [], hidden)
 
 
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU (the CIFAR ResNet block).
+
+    The shortcut is He et al.'s option A, which has no parameters: where the block downsamples or
+    widens, the input is subsampled with the block's stride and its new channels are zeros.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride, self.extra = stride, c_out - c_in
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x
+        if self.stride != 1 or self.extra:
+            half = self.extra // 2
+            shortcut = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, half, self.extra - half))
+        return F.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-``6n + 2`` for CIFAR (He et al., CVPR 2016, Sec. 4.2): a 3x3 conv with 16 channels, three
+    stages of ``n`` blocks with 16, 32 and 64 channels (stride 2 entering stages 2 and 3), global
+    average pooling and a linear classifier. ResNet-20 (n = 3) has 0.27M parameters (the paper's Table 6).
+    """
+
+    def __init__(self, depth: int, in_channels: int, n_classes: int):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        blocks: list[nn.Module] = []
+        c_in = 16
+        for stage, c_out in enumerate((16, 32, 64)):
+            for i in range(n):
+                blocks.append(BasicBlock(c_in, c_out, 2 if stage > 0 and i == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, n_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        x = self.pool(self.blocks(x))
+        return self.fc(x.flatten(1))
+
+
+def _resnet20(c: int, s: int, n: int) -> list[nn.Module]:
+    if s < 4:
+        raise ValueError(f"input size {s} is too small for ResNet-20's two downsamplings")
+    return [CifarResNet(20, c, n)]
+
+
 _BUILDERS: dict[str, Callable[..., list[nn.Module]]] = {
     "dm-small": _dm_small,
     "dm-medium": _dm_medium,
     "dm-large": _dm_large,
     "cnn7": _cnn7,
     "mlp": _mlp,
+    "resnet20": _resnet20,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)

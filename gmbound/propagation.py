@@ -1,112 +1,99 @@
-"""Multi-radius bound propagation: IBP, CROWN-IBP and full CROWN over a list of bound ops.
+"""Multi-radius bound propagation over a bound graph: IBP, CROWN-IBP and full CROWN.
 
-The drivers here are written once and run on any *primitive set* (``prims``): the
-pure-PyTorch oracle in ``gmbound.reference.primitives`` or the compiled kernels in
-``gmbound.engine``. Both give the same numbers; only speed differs.
+The drivers here are written once and run on any *primitive set* (``prims``, see
+``gmbound.engine.contract``): the pure-PyTorch oracle in ``gmbound.reference.primitives`` or the
+compiled kernels in ``gmbound.engine``. Both give the same numbers; only speed differs.
+
+IBP walks the graph forward in topological order; CROWN walks it backward in reverse
+topological order, summing the Lambdas that reach a node from its several consumers. All radii
+travel together: bound tensors carry the radius axis first.
 
 All bounds are *lower* bounds of ``C f(x')`` over the boxes; an upper bound is the negated
 lower bound of ``-C``, so both come from one pass over ``[C; -C]``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from . import memory
-from .network import (BoundOp, ChannelAffineOp, Conv2dOp, FlattenOp, LinearOp, ReLUOp,
-                      conv_output_padding)
+from .graph import BoundGraph
+from .ops.base import Interval, Shape, materialise
 
-Interval = tuple[torch.Tensor, torch.Tensor]
+Pair = tuple[torch.Tensor, torch.Tensor]
 
 
-@dataclass
 class IntervalState:
-    """Interval bounds ``[N, B, *S]`` after ``position`` ops; ``relu_pending``: a ReLU still to apply.
+    """Interval bounds of the nodes computed so far, and the pre-activation bounds of each ReLU.
 
-    ReLUs are applied lazily, by the next affine step reading its input (``relu_input``), so
-    the pre-activation bounds that CROWN needs stay available and the ReLU costs no pass.
+    ReLUs are applied lazily (``Interval.relu_pending``), by the op that reads them, so the
+    pre-activation bounds that CROWN needs stay available and a ReLU costs no pass.
     """
 
-    position: int
-    lower: torch.Tensor
-    upper: torch.Tensor
-    relu_pending: bool = False
-    pre_relu: dict[int, Interval] = field(default_factory=dict)  # ReLU op position -> pre-activation
+    def __init__(self, box: Pair):
+        self.values: dict[int, Interval] = {0: Interval(box[0], box[1])}
+        self.pre_relu: dict[int, Pair] = {}  # ReLU node -> its pre-activation bounds
+
+    def compute(self, graph: BoundGraph, nodes: set[int], prims) -> None:
+        """Interval steps for ``nodes`` (closed under inputs) not yet computed, in topological order."""
+        for i in sorted(nodes):
+            if i in self.values:
+                continue
+            node = graph.nodes[i]
+            value = node.op.interval(prims, *(self.values[j] for j in node.inputs))
+            if node.op.kind == "relu":
+                self.pre_relu[i] = (value.lower, value.upper)
+            self.values[i] = value
 
 
-def interval_step(op: BoundOp, state: IntervalState, prims) -> None:
-    """Advance ``state`` through one op by interval arithmetic."""
-    l, u, pending = state.lower, state.upper, state.relu_pending
-    if isinstance(op, ReLUOp):
-        if pending:  # two ReLUs in a row: the first one acts
-            l, u = prims.relu_bounds(l, u)
-        state.pre_relu[state.position] = (l, u)
-        pending = True
-    elif isinstance(op, FlattenOp):
-        l, u = l.flatten(2), u.flatten(2)
-    elif isinstance(op, LinearOp):
-        l, u = prims.interval_linear(l, u, op.weight, op.bias, pending)
-        pending = False
-    elif isinstance(op, Conv2dOp):
-        l, u = prims.interval_conv2d(l, u, op.weight, op.bias, op.stride, op.padding, op.dilation, pending)
-        pending = False
-    elif isinstance(op, ChannelAffineOp):
-        scale, shift = op.scale_shift()
-        l, u = prims.interval_channel_affine(l, u, scale, shift, pending)
-        pending = False
-    else:  # build_ops only produces the types above
-        raise TypeError(f"no interval step for {op.name}")
-    state.lower, state.upper, state.relu_pending = l, u, pending
-    state.position += 1
+def backward(graph: BoundGraph, shapes: list[Shape], start: int, lam: torch.Tensor, stop: set[int],
+             pre_relu: dict[int, Pair], prims) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Back-substitute ``lam`` (coefficients on the output of node ``start``) until the nodes ``stop``.
 
-
-def interval_pass(ops: list[BoundOp], state: IntervalState, stop: int, prims) -> IntervalState:
-    """Run interval steps from ``state.position`` up to (not including) op ``stop``."""
-    while state.position < stop:
-        interval_step(ops[state.position], state, prims)
-    return state
-
-
-def backward_pass(ops: list[BoundOp], shapes: list[tuple[int, ...]], lam: torch.Tensor, start: int,
-                  stop: int, pre_relu: dict[int, Interval], prims) -> tuple[torch.Tensor, torch.Tensor]:
-    """Back-substitute ``lam`` (coefficients on the output of op ``stop - 1``) down to the input of op ``start``.
-
-    Returns Lambda on that input ``[M, B, K, *S]`` and the accumulated bias ``[M, B, K]``.
+    Walks the nodes below ``start`` in reverse topological order; a node's Lambda is the sum of
+    what its consumers send it. Returns Lambda on each ``stop`` node reached (``[M, B, K, *S]``)
+    and the accumulated bias ``[M, B, K]``. Node 0 (the input) always stops the walk.
     """
     bias = torch.zeros(lam.shape[:3], dtype=lam.dtype, device=lam.device)
     # Optional: a primitive set may step through a ReLU and the Linear / Conv2d below it at once.
     fused = getattr(prims, "relu_affine_backward", None)
-    j = stop - 1
-    while j >= start:
-        op, term = ops[j], None
-        if (fused is not None and isinstance(op, ReLUOp) and j - 1 >= start
-                and isinstance(ops[j - 1], (LinearOp, Conv2dOp))):
-            lam, term = fused(lam, *pre_relu[j], ops[j - 1], shapes[j - 1], shapes[j])
-            j -= 1  # the affine op below the ReLU is done too
-        elif isinstance(op, ReLUOp):
-            lam, term = prims.relu_backward(lam, *pre_relu[j])
-        elif isinstance(op, FlattenOp):
-            lam = lam.reshape(lam.shape[:3] + shapes[j])
-        elif isinstance(op, LinearOp):
-            lam, term = prims.linear_backward(lam, op.weight, op.bias)
-        elif isinstance(op, Conv2dOp):
-            out_pad = conv_output_padding(op, shapes[j][1:], shapes[j + 1][1:])
-            lam, term = prims.conv2d_backward(lam, op.weight, op.bias, op.stride, op.padding, op.dilation, out_pad)
-        elif isinstance(op, ChannelAffineOp):
-            lam, term = prims.channel_affine_backward(lam, *op.scale_shift())
+    pending: dict[int, torch.Tensor] = {start: lam}
+    reached: dict[int, torch.Tensor] = {}
+    for i in range(start, -1, -1):
+        if i not in pending:
+            continue
+        lam = pending.pop(i)
+        if i == 0 or i in stop:
+            reached[i] = lam
+            continue
+        node = graph.nodes[i]
+        op, below = node.op, node.inputs[0]
+        if (fused is not None and op.kind == "relu" and below != 0 and below not in stop
+                and hasattr(graph.nodes[below].op, "fused_args") and len(graph.users[below]) == 1):
+            # ReLU and the affine op below it (whose only consumer it is) in one step
+            args = graph.nodes[below].op.fused_args(shapes[graph.nodes[below].inputs[0]], shapes[below])
+            lam_in, term = fused(lam, *pre_relu[i], *args)
+            lams, inputs = [lam_in], graph.nodes[below].inputs
         else:
-            raise TypeError(f"no backward step for {op.name}")
+            lams, term = op.backward(prims, lam, [shapes[j] for j in node.inputs], shapes[i], pre_relu.get(i))
+            inputs = node.inputs
+        for j, lam_j in zip(inputs, lams):
+            pending[j] = pending[j] + lam_j if j in pending else lam_j
         if term is not None:
             bias = bias + term
-        j -= 1
-    return lam, bias
+    return reached, bias
 
 
-def last_relu_end(ops: list[BoundOp]) -> int:
-    """Position just after the last ReLU (0 when the network is affine)."""
-    return max((i + 1 for i, op in enumerate(ops) if isinstance(op, ReLUOp)), default=0)
+def _concretize(reached: dict[int, torch.Tensor], values: dict[int, Interval], prims) -> torch.Tensor:
+    """Lower bound of ``sum_i lam_i . a_i`` over the interval of every reached node (``[N, B, K]``)."""
+    total = None
+    for i in sorted(reached):
+        v = values[i]
+        term = prims.concretize(reached[i], v.lower, v.upper, v.relu_pending)
+        total = term if total is None else total + term
+    return total
 
 
 @dataclass
@@ -117,33 +104,47 @@ class PropagationResult:
     crown: Optional[torch.Tensor] = None
 
 
-def spec_bounds(ops: list[BoundOp], shapes: list[tuple[int, ...]], box: Interval, spec: torch.Tensor,
-                prims, want_ibp: bool, want_crown: bool) -> PropagationResult:
+def output_intervals(graph: BoundGraph, box: Pair, prims) -> Pair:
+    """Plain interval bounds of the network's output ``[N, B, *out]``."""
+    state = IntervalState(box)
+    state.compute(graph, graph.ancestors([graph.output]), prims)
+    return materialise(state.values[graph.output], prims)
+
+
+def spec_bounds(graph: BoundGraph, shapes: list[Shape], box: Pair, spec: torch.Tensor, prims, want_ibp: bool,
+                want_crown: bool) -> PropagationResult:
     """IBP and / or CROWN-IBP lower bounds of ``spec . f(x')`` (``spec``: ``[B, K, *out]``).
 
-    IBP runs intervals up to the last ReLU and folds the specification into the trailing affine
-    layers by back-substitution (the "elision of the last layer"); CROWN-IBP back-substitutes
-    through the whole network, relaxing each ReLU with its IBP pre-activation bounds.
+    IBP runs intervals up to the last ReLUs and folds the specification into the affine ops
+    after them by back-substitution (the "elision of the last layer"); CROWN-IBP
+    back-substitutes through the whole graph, relaxing each ReLU with its IBP pre-activation bounds.
     """
-    tail = last_relu_end(ops)
-    state = interval_pass(ops, IntervalState(0, *box), tail, prims)
+    relus = graph.relus(graph.ancestors([graph.output]))
+    state = IntervalState(box)
+    state.compute(graph, graph.ancestors(relus), prims)
     lam0 = spec.unsqueeze(0)  # [1, B, K, *out]: the same for every radius until the first ReLU
     result = PropagationResult()
     if want_ibp:
-        lam, bias = backward_pass(ops, shapes, lam0, tail, len(ops), {}, prims)
-        result.ibp = prims.concretize(lam, state.lower, state.upper, state.relu_pending) + bias
+        reached, bias = backward(graph, shapes, graph.output, lam0, set(relus), {}, prims)
+        result.ibp = _concretize(reached, state.values, prims) + bias
     if want_crown:
-        if tail == 0 and result.ibp is not None:
+        if not relus and result.ibp is not None:
             result.crown = result.ibp  # an affine network: both are the exact back-substitution
         else:
-            lam, bias = backward_pass(ops, shapes, lam0, 0, len(ops), state.pre_relu, prims)
-            result.crown = prims.concretize(lam, box[0], box[1], False) + bias
+            reached, bias = backward(graph, shapes, graph.output, lam0, set(), state.pre_relu, prims)
+            result.crown = _concretize(reached, state.values, prims) + bias
     return result
 
 
-def _block_is_exact(ops: list[BoundOp], start: int, stop: int) -> bool:
-    """Interval arithmetic is exact through at most one non-diagonal affine map."""
-    return sum(not isinstance(op, (ChannelAffineOp, FlattenOp)) for op in ops[start:stop]) <= 1
+def _block_is_exact(graph: BoundGraph, node: int) -> bool:
+    """Interval arithmetic is exact up to ``node`` when it is reached through at most one non-diagonal affine map.
+
+    (No ReLU and no merge of two branches below it either.)
+    """
+    ops = [graph.nodes[i].op for i in graph.ancestors([node]) if i != 0]
+    if any(op.kind in ("relu", "merge") for op in ops):
+        return False
+    return sum(op.kind != "diagonal" for op in ops) <= 1
 
 
 def _identity_rows(shape: tuple[int, ...], rows: slice, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -157,8 +158,8 @@ def _identity_rows(shape: tuple[int, ...], rows: slice, batch: int, like: torch.
     return eye.reshape((1, 1, len(idx)) + shape).expand(1, batch, len(idx), *shape)
 
 
-def full_crown_pre_relu(ops: list[BoundOp], shapes: list[tuple[int, ...]], box: Interval, prims,
-                        chunk: Optional[int] = None) -> dict[int, Interval]:
+def full_crown_pre_relu(graph: BoundGraph, shapes: list[Shape], box: Pair, prims,
+                        chunk: Optional[int] = None) -> dict[int, Pair]:
     """Pre-activation bounds of every ReLU, each from its own CROWN backward pass.
 
     Each layer's bounds are intersected with the interval step from the tightened bounds below
@@ -166,41 +167,36 @@ def full_crown_pre_relu(ops: list[BoundOp], shapes: list[tuple[int, ...]], box: 
     ``chunk`` limits the identity rows back-substituted at once (memory ``~ chunk x layer size``);
     None derives it per layer from the memory budget (``gmbound.memory``).
     """
-    state = IntervalState(0, *box)
-    last_relu = -1
-    for j, op in enumerate(ops):
-        if not isinstance(op, ReLUOp):
-            continue
-        interval_pass(ops, state, j, prims)
-        lower, upper = state.lower, state.upper
-        if state.relu_pending:
-            lower, upper = prims.relu_bounds(lower, upper)
-        if last_relu >= 0 or not _block_is_exact(ops, 0, j):
-            shape, batch = shapes[j], box[0].shape[1]
+    state = IntervalState(box)
+    for j in graph.relus(graph.ancestors([graph.output])):
+        p = graph.nodes[j].inputs[0]  # the pre-activation node
+        state.compute(graph, graph.ancestors([p]), prims)
+        lower, upper = materialise(state.values[p], prims)
+        if graph.relus(graph.ancestors([p])) or not _block_is_exact(graph, p):
+            batch = box[0].shape[1]
             d = lower[0, 0].numel()
             step = chunk or memory.crown_chunk(d, lower.shape[0], batch, memory.widest_layer(shapes[:j + 1]),
                                                lower.dtype, lower.device)
             lows, ups = [], []
             for s in range(0, d, step):
-                eye = _identity_rows(shape, slice(s, min(d, s + step)), batch, lower)
+                eye = _identity_rows(shapes[p], slice(s, min(d, s + step)), batch, lower)
                 spec = torch.cat([eye, -eye], dim=2)
-                lam, bias = backward_pass(ops, shapes, spec, 0, j, state.pre_relu, prims)
-                lb = prims.concretize(lam, box[0], box[1], False) + bias  # [N, B, 2k]
+                reached, bias = backward(graph, shapes, p, spec, set(), state.pre_relu, prims)
+                lb = _concretize(reached, state.values, prims) + bias  # [N, B, 2k]
                 k = eye.shape[2]
                 lows.append(lb[:, :, :k])
                 ups.append(-lb[:, :, k:])
             crown_l = torch.cat(lows, 2).reshape(lower.shape)
             crown_u = torch.cat(ups, 2).reshape(upper.shape)
             lower, upper = torch.maximum(lower, crown_l), torch.minimum(upper, crown_u)
-        # restart the interval pass from the tightened bounds of this ReLU
-        state.lower, state.upper, state.relu_pending = lower, upper, False
-        interval_step(op, state, prims)
-        last_relu = j
+        # continue the interval pass from the tightened bounds of this ReLU's input
+        state.values[p] = Interval(lower, upper)
+        state.compute(graph, {j}, prims)
     return state.pre_relu
 
 
-def full_crown_bounds(ops: list[BoundOp], shapes: list[tuple[int, ...]], box: Interval, spec: torch.Tensor,
-                      prims, chunk: Optional[int] = None) -> torch.Tensor:
+def full_crown_bounds(graph: BoundGraph, shapes: list[Shape], box: Pair, spec: torch.Tensor, prims,
+                      chunk: Optional[int] = None) -> torch.Tensor:
     """Full CROWN lower bound of ``spec . f(x')``: every ReLU relaxed with CROWN pre-activation bounds.
 
     Tighter intermediate bounds do not make the final CROWN bound tighter entry by entry (the
@@ -208,8 +204,8 @@ def full_crown_bounds(ops: list[BoundOp], shapes: list[tuple[int, ...]], box: In
     CROWN and the CROWN-IBP lower bound: both are sound, so their maximum is, and it is never
     looser than CROWN-IBP. One extra backward pass, small next to the intermediate ones.
     """
-    pre_relu = full_crown_pre_relu(ops, shapes, box, prims, chunk)
-    lam, bias = backward_pass(ops, shapes, spec.unsqueeze(0), 0, len(ops), pre_relu, prims)
-    full = prims.concretize(lam, box[0], box[1], False) + bias
-    crown_ibp = spec_bounds(ops, shapes, box, spec, prims, want_ibp=False, want_crown=True).crown
+    pre_relu = full_crown_pre_relu(graph, shapes, box, prims, chunk)
+    reached, bias = backward(graph, shapes, graph.output, spec.unsqueeze(0), set(), pre_relu, prims)
+    full = prims.concretize(reached[0], box[0], box[1], False) + bias
+    crown_ibp = spec_bounds(graph, shapes, box, spec, prims, want_ibp=False, want_crown=True).crown
     return torch.maximum(full, crown_ibp)

@@ -368,10 +368,35 @@ class Custom(nn.Module):
         return self.fc(x)
 
 
+class MaxPooled(nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.max_pool2d(x, 2).flatten(1)
+
+
+def test_plain_modules_are_traced():
+    """auto_LiRPA traces any forward(); so does gmbound.compat (torch.fx), for the supported nodes."""
+    from graph_nets import make_graph_case
+
+    net, x, y = make_graph_case("resnet", 0)
+    model = BoundedModule(Custom().double(), torch.zeros(1, 4, dtype=torch.float64))
+    assert model.compute_bounds(x=(torch.zeros(2, 4, dtype=torch.float64),), method="IBP")[0].shape == (2, 2)
+    model = BoundedModule(net, x)
+    lb, ub = model.compute_bounds(x=(BoundedTensor(x, PerturbationLpNorm(norm=np.inf, eps=0.03)),), method="CROWN-IBP")
+    ref = gmbound.BoundedSequential(net).bounds(x, 0.03, method="crown-ibp")
+    assert torch.equal(lb, ref.lower[0]) and torch.equal(ub, ref.upper[0])
+    assert set(model.state_dict()) == set(net.state_dict())
+    final = model[model.final_name]  # the node graph follows the traced graph: the last Linear reads the flatten
+    assert final.ori_name == "fc" and model[final.input_name[0]].ori_name.startswith("node 'flatten'")
+    from gmbound.compat.bound_ops import Bound
+
+    adds = [n for n in model._modules.values() if isinstance(n, Bound) and "add" in n.ori_name]
+    assert len(adds) == 2 and all(len(n.input_name) == 2 for n in adds)  # the two residual sums
+
+
 def test_unsupported_models_are_refused_by_name():
     x = torch.zeros(1, 4)
-    with pytest.raises(gmbound.UnsupportedLayerError, match="nn.Sequential.*Custom"):
-        BoundedModule(Custom(), x)
+    with pytest.raises(gmbound.UnsupportedLayerError, match=r"node 'max_pool2d' .*test_compat.py:\d+"):
+        BoundedModule(MaxPooled(), torch.zeros(1, 1, 8, 8))
     with pytest.raises(gmbound.UnsupportedLayerError, match="Tanh at index 1"):
         BoundedModule(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), x)
     with pytest.raises(gmbound.UnsupportedLayerError, match="MaxPool2d at index 2"):

@@ -46,8 +46,23 @@ def test_unsupported_layers_are_named_with_their_index():
         gmbound.BoundedSequential(nn.Sequential(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU()), nn.MaxPool2d(2)))
     with pytest.raises(gmbound.UnsupportedLayerError, match="groups=2"):
         gmbound.BoundedSequential(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)))
-    with pytest.raises(gmbound.UnsupportedLayerError, match="nn.Sequential"):
-        gmbound.BoundedSequential(nn.Linear(2, 2))
+    with pytest.raises(gmbound.UnsupportedLayerError, match=r"'pool' \(call_module pool = MaxPool2d\)"):
+        gmbound.BoundedSequential(_Pooled())  # a traced model names the node instead
+
+
+class _Pooled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(1, 1, 3), nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.pool(self.conv(x))
+
+
+def test_a_single_layer_is_a_network_of_one():
+    lin = nn.Linear(2, 2).double()
+    b = gmbound.BoundedSequential(lin).bounds(torch.zeros(1, 2, dtype=torch.float64), 1.0, method="ibp")
+    assert torch.equal(b.lower[0], -lin.weight.abs().sum(1, keepdim=True).T + lin.bias)
 
 
 def test_train_mode_dropout_is_refused_at_call_time():

@@ -14,7 +14,7 @@ import gmbound
 from gmbound.models import build_model
 from gmbound import _extension, propagation
 from gmbound.engine import BACKENDS, get_primitives
-from gmbound.network import build_ops, infer_shapes
+from gmbound.network import build_graph
 from gmbound.reference import primitives as R
 from nets import NETS, make_case, sample_box
 
@@ -67,8 +67,8 @@ NAMES = sorted(NETS) + ["wide_cnn"]
 
 
 def _driver_inputs(net, x, y, eps, clip, device):
-    ops = build_ops(net)
-    shapes = infer_shapes(ops, tuple(x.shape[1:]), x.dtype, device)
+    ops = build_graph(net)  # the bound graph: a chain for these Sequentials
+    shapes = ops.infer_shapes(tuple(x.shape[1:]))
     n_out = net(x.cpu()).shape[1]
     C = gmbound.margin_spec(y, n_out, dtype=x.dtype).to(device)
     spec = torch.cat([C, -C], 1)

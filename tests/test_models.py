@@ -47,7 +47,10 @@ def test_mlp_sizes() -> None:
     assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [64, 10]
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+FEED_FORWARD = tuple(n for n in MODEL_NAMES if n != "resnet20")
+
+
+@pytest.mark.parametrize("name", FEED_FORWARD)
 @pytest.mark.parametrize("shape", [(1, 28), (3, 32)])
 def test_output_shape_and_structure(name: str, shape: tuple[int, int]) -> None:
     channels, size = shape
@@ -97,3 +100,36 @@ def test_normalize_first() -> None:
     assert n_params(model) == n_params(build_model("dm-small", 3, 32))  # buffers, not parameters
     with pytest.raises(ValueError, match="3 mean and std"):
         build_model("dm-small", 3, 32, normalize=((0.5,), (0.5,)))
+
+
+def test_resnet20_matches_the_paper():
+    """He et al. (2016), Table 6: ResNet-20 for CIFAR-10 has 0.27M parameters (19 convolutions + the classifier)."""
+    model = build_model("resnet20", 3, 32)
+    assert n_params(model) == 269_722 and round(n_params(model) / 1e6, 2) == 0.27
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 19 and [c.out_channels for c in convs][::6] == [16, 16, 32, 64]
+    assert len([m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]) == 19
+    for shape in [(1, 28), (3, 32)]:
+        net = build_model("resnet20", shape[0], shape[1], n_classes=7, normalize=([0.5] * shape[0], [0.2] * shape[0]))
+        assert net.eval()(torch.rand(2, shape[0], shape[1], shape[1])).shape == (2, 7)
+    with pytest.raises(ValueError, match="6n \\+ 2"):
+        from gmbound.models import CifarResNet
+
+        CifarResNet(21, 3, 10)
+
+
+def test_resnet20_is_bounded_soundly():
+    import gmbound
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", 1, 8, n_classes=4).double()
+    for m in model.modules():  # trained-like statistics, so that the bounds are finite and not vacuous
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.fill_(4.0)
+    model.eval()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    b = gmbound.BoundedSequential(model).bounds(x, 0.01, method="crown-ibp", x_min=0, x_max=1)
+    pts = (x + (torch.rand((32,) + x.shape, dtype=torch.float64) * 2 - 1) * 0.01).clamp(0, 1)
+    with torch.no_grad():
+        out = model(pts.flatten(0, 1)).view(32, 2, 4)
+    assert (out >= b.lower[0] - 1e-10).all() and (out <= b.upper[0] + 1e-10).all()

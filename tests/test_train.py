@@ -209,3 +209,23 @@ def test_fractional_warmup_and_ramp_epochs_round_to_whole_batches():
     assert (schedule.warmup_steps, schedule.ramp_steps) == (5, 25)
     assert schedule(4).eps == 0.0 and schedule(5 + 25).eps == pytest.approx(0.4)
     assert 0.0 < schedule(17).eps < 0.4
+
+
+def test_a_residual_zoo_model_trains_and_reloads(tmp_path):
+    """The trainer, checkpoint and evaluation accept ResNet-20 (a traced plain nn.Module, not a Sequential)."""
+    from gmbound.evaluate import evaluate
+
+    cfg = make_config(overrides=TINY[2:] + ["model.name=resnet20", "data.train_subset=32", "data.test_subset=16",
+                                            "train.batch_size=16", "train.n_radii=2", "train.warmup_epochs=0",
+                                            "train.ramp_epochs=0", "train.method=gm-crown-ibp", "train.epochs=1",
+                                            f"out_dir={tmp_path / 'res'}"])
+    res = train(cfg, quiet=True)
+    rows = read_log(res.out_dir)
+    assert math.isfinite(float(rows[0]["train_loss"])) and 0 <= float(rows[0]["test_verified_error"]) <= 1
+    model, _ = load_model(res.out_dir)
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(model(x), res.model.eval()(x))
+    data = torch.utils.data.TensorDataset(x, torch.randint(0, 10, (4,)))
+    out = evaluate(model, torch.utils.data.DataLoader(data, batch_size=4), [0.0, 0.01], verifiers=("ibp", "crown-ibp"),
+                   pgd_steps=2, pgd_restarts=1, progress=False)
+    assert out.sound

@@ -17,10 +17,13 @@ The subset (everything else raises ``UnsupportedFeatureError``, a ``NotImplement
 
 * ``BoundedModule(model, global_input, bound_opts=None, device="auto")``: ``model`` an ``nn.Sequential``
   (nested ones allowed) of Linear, Conv2d (groups=1, zero padding), ReLU, Flatten, BatchNorm1d/2d,
-  ``gmbound.Normalize``, Identity, eval-mode Dropout; or a ``CrossEntropyWrapper`` of one with
-  ``bound_opts={"loss_fusion": True}``. No custom_ops. ``bound_opts``: speed/memory options are
-  ignored; ``activation_bound_option`` (and the older ``relu``) must be None or ``"adaptive"``
-  (``"same-slope"``, ``"zero-lb"``, ``"one-lb"`` are refused); unknown keys warn.
+  ``gmbound.Normalize``, AvgPool2d, AdaptiveAvgPool2d, Identity, eval-mode Dropout, or any
+  ``nn.Module`` whose forward torch.fx traces into these and residual sums, ``F.relu``, average
+  pooling, ``view`` / ``flatten`` and constants (``gmbound.ops.registry``); or a
+  ``CrossEntropyWrapper`` of one with ``bound_opts={"loss_fusion": True}``. No custom_ops.
+  ``bound_opts``: speed/memory options are ignored; ``activation_bound_option`` (and the older
+  ``relu``) must be None or ``"adaptive"`` (``"same-slope"``, ``"zero-lb"``, ``"one-lb"`` are
+  refused); unknown keys warn.
 * ``PerturbationLpNorm(eps=0, norm=np.inf, x_L=None, x_U=None)``: only ``norm=np.inf``. The box is
   auto_LiRPA's: ``[x_L, x_U]`` where given, ``x -/+ eps`` otherwise; where ``x`` lies outside it (a
   rounding error of the trainer's clamping, typically) it is widened to contain ``x`` (still sound).

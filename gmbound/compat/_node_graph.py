@@ -26,12 +26,14 @@ def named_leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Modul
     return out
 
 
-def build_node_graph(sequential: nn.Sequential, prefix: str = "", loss_fusion_wrapper: bool = False
-                     ) -> "OrderedDict[str, Bound]":
+def build_node_graph(sequential: nn.Module, prefix: str = "", loss_fusion_wrapper: bool = False,
+                     bound_graph=None) -> "OrderedDict[str, Bound]":
     """Nodes in graph order, keyed by name; each node's ``input_name``/``output_name`` filled in.
 
     ``prefix``: the path of ``sequential`` inside the wrapped model (``"model."`` in a wrapper).
     """
+    if bound_graph is not None and not isinstance(sequential, nn.Sequential):  # a traced model
+        return build_node_graph_from(bound_graph, sequential, prefix, loss_fusion_wrapper)[0]
     nodes: list[Bound] = [BoundInput("", "input_0")]
     if loss_fusion_wrapper:
         nodes.append(BoundInput("", "input_1"))

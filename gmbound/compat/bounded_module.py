@@ -14,7 +14,8 @@ from torch import nn
 
 from ..bounded import BoundedSequential
 from ..losses import GMLossResult, WeightShape, gm_loss as _native_gm_loss
-from ..network import LinearOp, UnsupportedLayerError, build_ops, infer_shapes
+from ..network import LinearOp, UnsupportedLayerError, build_graph
+from ..ops.registry import supported_layers
 from ..validation import BoundInputError
 from . import loss_fusion as fusion
 from ._box import native_box, nested_boxes
@@ -25,8 +26,7 @@ from .bounded_tensor import BoundedTensor
 from .errors import UnsupportedFeatureError
 from .perturbations import PerturbationLpNorm, is_default
 
-SUPPORTED_LAYERS = ("Linear", "Conv2d (groups=1, zero padding)", "ReLU", "Flatten", "BatchNorm1d/2d",
-                    "gmbound.Normalize", "Identity", "Dropout (eval mode)")
+SUPPORTED_LAYERS = supported_layers()
 
 # auto_LiRPA method names (case-insensitive) -> gmbound's, and those outside the subset.
 _IBP_NAMES = ("ibp",)
@@ -123,15 +123,17 @@ def _flat_inputs(inputs) -> list:
 
 
 class BoundedModule(nn.Module):
-    """auto_LiRPA's ``BoundedModule`` for ``nn.Sequential`` models of gmbound's layers.
+    """auto_LiRPA's ``BoundedModule`` for models of gmbound's layers.
 
-    ``BoundedModule(model, global_input, bound_opts=None, device="auto")``. ``model`` must be an
-    ``nn.Sequential`` (nested ones allowed) of the layers in ``SUPPORTED_LAYERS``, or a
-    ``CrossEntropyWrapper`` of one with ``bound_opts={"loss_fusion": True}``; anything else raises
-    ``gmbound.UnsupportedLayerError`` naming it. The model's own modules are registered under their
-    own names, so ``parameters()``, ``state_dict()`` and ``train()``/``eval()`` act on the model
-    itself (a ``state_dict`` saved here loads into the plain model and back; an auto_LiRPA
-    ``BoundedModule`` state_dict, keys ``"/N.param"``, loads too).
+    ``BoundedModule(model, global_input, bound_opts=None, device="auto")``. ``model``: an
+    ``nn.Sequential`` (nested ones allowed) of the layers in ``SUPPORTED_LAYERS``, any ``nn.Module``
+    whose forward torch.fx traces into them and the functions of
+    ``gmbound.ops.registry.supported_functions()`` (residual sums, average pooling, ``view``, ...),
+    or a ``CrossEntropyWrapper`` of one with ``bound_opts={"loss_fusion": True}``; anything else
+    raises ``gmbound.UnsupportedLayerError`` naming the layer or traced node. The model's own
+    modules are registered under their own names, so ``parameters()``, ``state_dict()`` and
+    ``train()``/``eval()`` act on the model itself (a ``state_dict`` saved here loads into the plain
+    model and back; an auto_LiRPA ``BoundedModule`` state_dict, keys ``"/N.param"``, loads too).
 
     * ``model(x)``: the ordinary output; a ``BoundedTensor`` input also becomes the input that
       ``compute_bounds(x=None)`` bounds (as in auto_LiRPA).
@@ -162,11 +164,6 @@ class BoundedModule(nn.Module):
                 "gmbound.compat bounds a CrossEntropyWrapper only with bound_opts={'loss_fusion': True} (loss "
                 "fusion, auto_LiRPA's way to train with it); bound the model itself otherwise")
         inner = model.model if wrapper else model
-        if not isinstance(inner, nn.Sequential):
-            raise UnsupportedLayerError(
-                f"gmbound.compat.BoundedModule wraps nn.Sequential models; got {type(inner).__name__}. auto_LiRPA "
-                "traces any forward(); gmbound.compat does not: write the model as an nn.Sequential of "
-                f"{', '.join(SUPPORTED_LAYERS)}")
         try:
             net = BoundedSequential(inner)
         except UnsupportedLayerError as err:
@@ -179,8 +176,10 @@ class BoundedModule(nn.Module):
         object.__setattr__(self, "_model", model)
         object.__setattr__(self, "_net", net)
         self._fusion = wrapper
-        self._last_is_linear = isinstance(build_ops(inner)[-1], LinearOp)
-        graph = build_node_graph(inner, "model." if wrapper else "", loss_fusion_wrapper=wrapper)
+        bound_graph = build_graph(inner)
+        self._last_is_linear = isinstance(bound_graph.nodes[bound_graph.output].op, LinearOp)
+        graph = build_node_graph(inner, "model." if wrapper else "", loss_fusion_wrapper=wrapper,
+                                 bound_graph=bound_graph)
         for name, node in graph.items():
             self.add_module(name, node)
         self._node_names = list(graph)
@@ -240,10 +239,8 @@ class BoundedModule(nn.Module):
 
     def _check_global_input(self, global_input) -> None:
         x = self._split_inputs(global_input, check_labels=False)[0]
-        param = next(self._model.parameters(), None)
-        dtype = param.dtype if param is not None else x.dtype
         try:
-            infer_shapes(build_ops(self._net.model), tuple(x.shape[1:]), dtype, x.device)
+            build_graph(self._net.model).infer_shapes(tuple(x.shape[1:]))
         except ValueError as err:
             raise BoundInputError(f"global_input of shape {tuple(x.shape)} does not fit the model: {err}") from None
 
@@ -280,11 +277,8 @@ class BoundedModule(nn.Module):
         return flat
 
     def _n_classes(self, x: torch.Tensor) -> int:
-        ops = build_ops(self._net.model)
-        param = next(self._model.parameters(), None)
-        dtype = param.dtype if param is not None else x.dtype
-        shape = infer_shapes(ops, tuple(x.shape[1:]), dtype, x.device)[-1]
-        return shape[-1]
+        graph = build_graph(self._net.model)
+        return graph.infer_shapes(tuple(x.shape[1:]))[graph.output][-1]
 
     def _set_input(self, inputs) -> list:
         flat = self._split_inputs(inputs)

@@ -1,7 +1,8 @@
 """The compiled primitive set: ``gmbound.reference.primitives``' contract on ``torch.ops.gmbound``.
 
 The dispatcher runs the CPU or CUDA kernels by the tensors' device. Per-channel affine steps
-(BatchNorm, Normalize) stay on the reference ops, which are already single element-wise passes.
+(BatchNorm, Normalize) and average pooling stay on the reference ops, which are already single
+element-wise or ATen pooling / convolution passes.
 
 Two fusions beyond the reference contract, both optional for the drivers:
 
@@ -18,7 +19,6 @@ from typing import Optional
 import torch
 
 from .. import _extension
-from ..network import Conv2dOp, LinearOp, conv_output_padding
 from ..reference import primitives as _ref
 
 if not _extension.available():
@@ -30,6 +30,10 @@ relu_bounds = _ref.relu_bounds
 relu_relaxation = _ref.relu_relaxation
 interval_channel_affine = _ref.interval_channel_affine
 channel_affine_backward = _ref.channel_affine_backward
+# Average pooling: ATen's pooling kernel on the bounds (monotone) and a depthwise transposed
+# convolution for CROWN are already single fused passes; no kernel of ours would do less work.
+interval_avg_pool2d = _ref.interval_avg_pool2d
+avg_pool2d_backward = _ref.avg_pool2d_backward
 
 _BOX_TAG = "_gmbound_input_box"
 _KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -112,27 +116,25 @@ def conv2d_backward(lam, weight, bias, stride, padding, dilation, output_padding
     return lam_in, (term if bias is not None else None)
 
 
-def relu_affine_backward(lam, lower, upper, op, in_shape, out_shape):
-    """A ReLU (pre-activation bounds ``[lower, upper]``) and the Linear / Conv2d ``op`` below it, in one step.
+def relu_affine_backward(lam, lower, upper, weight, bias, conv=None):
+    """A ReLU (pre-activation bounds ``[lower, upper]``) and the Linear / Conv2d below it, in one step.
 
-    ``in_shape`` / ``out_shape``: per-sample input and output shapes of ``op``.
-    Returns Lambda on the op's input and the bias term, as the two reference steps together do.
+    ``conv``: None for a Linear layer, else ``(stride, padding, dilation, output_padding)`` of the
+    convolution. Returns Lambda on the affine op's input and the bias term, as the two reference
+    steps together do.
     """
     if not _kernels_take(lam):
         lam, term = _ref.relu_backward(lam, lower, upper)
-        if isinstance(op, LinearOp):
-            lam, t2 = _ref.linear_backward(lam, op.weight, op.bias)
+        if conv is None:
+            lam, t2 = _ref.linear_backward(lam, weight, bias)
         else:
-            out_pad = conv_output_padding(op, tuple(in_shape[1:]), tuple(out_shape[1:]))
-            lam, t2 = _ref.conv2d_backward(lam, op.weight, op.bias, op.stride, op.padding, op.dilation, out_pad)
+            lam, t2 = _ref.conv2d_backward(lam, weight, bias, *conv)
         return lam, (term if t2 is None else term + t2)
-    if isinstance(op, LinearOp):
-        return _ops.crown_linear_step(lam, lower, upper, op.weight, op.bias)
-    if isinstance(op, Conv2dOp):
-        out_pad = conv_output_padding(op, tuple(in_shape[1:]), tuple(out_shape[1:]))
-        return _ops.crown_conv2d_step(lam, lower, upper, op.weight, op.bias, list(op.stride), list(op.padding),
-                                      list(op.dilation), list(out_pad))
-    raise TypeError(f"relu_affine_backward: {op.name} is not a Linear or Conv2d")
+    if conv is None:
+        return _ops.crown_linear_step(lam, lower, upper, weight, bias)
+    stride, padding, dilation, out_pad = conv
+    return _ops.crown_conv2d_step(lam, lower, upper, weight, bias, list(stride), list(padding), list(dilation),
+                                  list(out_pad))
 
 
 def concretize(lam, lower, upper, relu_input):

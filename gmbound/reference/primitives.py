@@ -93,6 +93,22 @@ def interval_channel_affine(lower: torch.Tensor, upper: torch.Tensor, scale: tor
     return c_out - rho_out, c_out + rho_out
 
 
+def interval_avg_pool2d(lower: torch.Tensor, upper: torch.Tensor, kernel, stride, padding, divisor: int,
+                        relu_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """IBP through average pooling (zero padding counted, windows summed and divided by ``divisor``).
+
+    Pooling is linear with non-negative weights, hence monotone: ``[pool(l), pool(u)]`` is exact.
+    """
+    if relu_input:
+        lower, upper = relu_bounds(lower, upper)
+    n, b = lower.shape[:2]
+
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t.flatten(0, 1), kernel, stride, padding, False, True, divisor).unflatten(0, (n, b))
+
+    return pool(lower), pool(upper)
+
+
 # ----------------------------------------------------------------------------- CROWN steps
 def relu_relaxation(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Linear relaxation of ``relu`` on ``[l, u]``: ``alpha z <= relu(z) <= s z + t``.
@@ -153,6 +169,18 @@ def channel_affine_backward(lam: torch.Tensor, scale: torch.Tensor,
     lam_in = lam * _channel_view(scale, n_spatial)
     bias_term = lam.flatten(4).sum(-1).matmul(shift) if n_spatial else lam.matmul(shift)
     return lam_in, bias_term
+
+
+def avg_pool2d_backward(lam: torch.Tensor, kernel, stride, padding, divisor: int,
+                        output_padding) -> torch.Tensor:
+    """Through average pooling by its adjoint: a depthwise transposed convolution with weights ``1 / divisor``.
+
+    ``[M, B, K, C, H', W'] -> [M, B, K, C, H, W]``; pooling has no bias.
+    """
+    lead, channels = lam.shape[:3], lam.shape[3]
+    weight = torch.full((channels, 1) + tuple(kernel), 1.0 / divisor, dtype=lam.dtype, device=lam.device)
+    return F.conv_transpose2d(lam.flatten(0, 2), weight, None, stride, padding, output_padding,
+                              channels).unflatten(0, lead)
 
 
 def concretize(lam: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,

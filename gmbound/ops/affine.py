@@ -1,0 +1,183 @@
+"""Affine bound ops with learned weights: Linear, Conv2d and per-channel affine maps (BatchNorm, Normalize)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import Normalize
+from ..validation import BoundInputError
+from .base import BoundOp, Interval, Shape
+
+
+class LinearOp(BoundOp):
+    """``z = W a + b``."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.module.bias
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) != 1 or in_shape[0] != self.weight.shape[1]:
+            raise ValueError(f"{self.where} expects {self.weight.shape[1]} input features but receives shape "
+                             f"{in_shape}")
+        return (self.weight.shape[0],)
+
+    def interval(self, prims, a: Interval) -> Interval:
+        return Interval(*prims.interval_linear(a.lower, a.upper, self.weight, self.bias, a.relu_pending))
+
+    def backward(self, prims, lam, in_shapes, out_shape, pre):
+        lam_in, term = prims.linear_backward(lam, self.weight, self.bias)
+        return [lam_in], term
+
+    def fused_args(self, in_shape: Shape, out_shape: Shape):
+        """``(weight, bias, conv)`` for ``relu_affine_backward`` (``conv`` None: a Linear layer)."""
+        return self.weight, self.bias, None
+
+
+def conv_output_padding(op: "Conv2dOp", in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
+    """``output_padding`` that makes ``conv_transpose2d`` return exactly the conv's input size.
+
+    A strided convolution maps several input sizes to one output size; the transposed
+    convolution needs the remainder to recover the one we came from.
+    """
+    return transpose_padding(op.weight.shape[-2:], op.stride, op.padding, op.dilation, in_hw, out_hw)
+
+
+def transpose_padding(kernel, stride, padding, dilation, in_hw, out_hw) -> tuple[int, int]:
+    """The ``output_padding`` of a window op (convolution, pooling) mapping ``in_hw`` to ``out_hw``."""
+    pads = []
+    for d in range(2):
+        natural = (out_hw[d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (kernel[d] - 1) + 1
+        pads.append(in_hw[d] - natural)
+    return (pads[0], pads[1])
+
+
+class Conv2dOp(BoundOp):
+    """``z = conv(a, W) + b`` (any stride / padding / dilation, groups = 1, zero padding)."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.module.bias
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return tuple(self.module.stride)
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        return tuple(self.module.padding)
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return tuple(self.module.dilation)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) != 3 or in_shape[0] != self.weight.shape[1]:
+            raise ValueError(f"{self.where} expects {self.weight.shape[1]}-channel images but receives shape "
+                             f"{in_shape}")
+        a = torch.zeros((1,) + tuple(in_shape), dtype=self.weight.dtype, device="meta")
+        try:
+            out = F.conv2d(a, self.weight.to("meta"), None, self.stride, self.padding, self.dilation)
+        except RuntimeError as err:
+            raise ValueError(f"{self.where} cannot take an input of shape {in_shape}: {err}") from None
+        return tuple(out.shape[1:])
+
+    def interval(self, prims, a: Interval) -> Interval:
+        return Interval(*prims.interval_conv2d(a.lower, a.upper, self.weight, self.bias, self.stride, self.padding,
+                                               self.dilation, a.relu_pending))
+
+    def backward(self, prims, lam, in_shapes, out_shape, pre):
+        out_pad = conv_output_padding(self, in_shapes[0][1:], out_shape[1:])
+        lam_in, term = prims.conv2d_backward(lam, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                             out_pad)
+        return [lam_in], term
+
+    def fused_args(self, in_shape: Shape, out_shape: Shape):
+        """``(weight, bias, conv)`` for ``relu_affine_backward``; ``conv`` = stride, padding, dilation, output padding."""
+        out_pad = conv_output_padding(self, in_shape[1:], out_shape[1:])
+        return self.weight, self.bias, (self.stride, self.padding, self.dilation, out_pad)
+
+
+class ChannelAffineOp(BoundOp):
+    """``z = scale[c] * a + shift[c]``; ``scale``/``shift`` come from the module each call.
+
+    For a BatchNorm in training mode, ``batch_stats`` (set by the clean forward pass of
+    the same batch) replaces the running statistics, as the module itself would do.
+    """
+
+    kind = "diagonal"
+
+    def __init__(self, module: nn.Module, where: str):
+        super().__init__(module, where)
+        self.batch_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.module
+        if isinstance(m, Normalize):
+            scale = 1.0 / m.std
+            return scale, -m.mean * scale
+        if self.batch_stats is not None:
+            mean, var = self.batch_stats
+        else:
+            mean, var = m.running_mean, m.running_var
+        scale = torch.rsqrt(var + m.eps)
+        if m.weight is not None:
+            scale = m.weight * scale
+        shift = -mean * scale
+        if m.bias is not None:
+            shift = shift + m.bias
+        return scale, shift
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        """A BatchNorm in training mode normalises with the statistics of the batch it sees."""
+        return isinstance(self.module, nn.modules.batchnorm._BatchNorm) and self.module.training
+
+    @property
+    def channels(self) -> int:
+        m = self.module
+        return m.mean.numel() if isinstance(m, Normalize) else m.num_features
+
+    def forward(self, a: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
+        if not self.uses_batch_stats:
+            return self.module(a)
+        per_channel = a.numel() // max(a.shape[1], 1)
+        if per_channel <= 1:  # as nn.BatchNorm itself refuses, but also where bounds() skips the module
+            raise BoundInputError(
+                f"{self.name}: BatchNorm in training mode needs more than one value per channel for its batch "
+                f"statistics; got input of shape {tuple(a.shape)}. Use a larger batch, or model.eval()")
+        # Keep this batch's statistics so the bounds use the very map the clean pass applied.
+        dims = [0] + list(range(2, a.dim()))
+        self.batch_stats = (a.mean(dims), a.var(dims, unbiased=False))
+        if update_running_stats:
+            return self.module(a)  # also updates the running averages, as in ordinary training
+        scale, shift = self.scale_shift()
+        view = (-1,) + (1,) * (a.dim() - 2)
+        return a * scale.view(view) + shift.view(view)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        n_ch = self.channels
+        if len(in_shape) < 1 or in_shape[0] != n_ch:
+            raise ValueError(f"{self.where} has {n_ch} channels but receives shape {in_shape}")
+        if isinstance(self.module, nn.BatchNorm2d) and len(in_shape) != 3:
+            raise ValueError(f"{self.where} expects images [C, H, W] but receives shape {in_shape}")
+        return in_shape
+
+    def interval(self, prims, a: Interval) -> Interval:
+        scale, shift = self.scale_shift()
+        return Interval(*prims.interval_channel_affine(a.lower, a.upper, scale, shift, a.relu_pending))
+
+    def backward(self, prims, lam, in_shapes, out_shape, pre):
+        lam_in, term = prims.channel_affine_backward(lam, *self.scale_shift())
+        return [lam_in], term
