@@ -148,7 +148,8 @@ def Train(model, t, loader, eps_scheduler, train, opt, args, loss_fusion=True, f
         if batch_method != "natural":
             meter.update("Robust_CE", robust_ce.item(), data.size(0))
             if not loss_fusion:
-                meter.update("Verified_Err", torch.sum((lb < 0).any(dim=1)).item() / data.size(0), data.size(0))
+                # verified only where every margin bound is > 0: a NaN bound (diverged model) never is
+                meter.update("Verified_Err", torch.sum(~(lb > 0).all(dim=1)).item() / data.size(0), data.size(0))
         meter.update("Time", time.time() - start)
         if (i + 1) % args.log_every == 0 and train:
             logger.info("[{:2d}:{:4d}]: eps={:.12f} {}".format(t, i + 1, eps, meter))

@@ -6,6 +6,7 @@ Public API (see README.md):
   CROWN-IBP / CROWN bounds of a Sequential or a torch.fx-traceable ``nn.Module``
 * ``Normalize``: per-channel normalisation layer (keeps the perturbation box in pixel space)
 * ``margin_spec``, ``robust_logits``: the margin specification and the robust-loss logits
+* ``verified_mask``: verified = every margin lower bound > 0 (NaN never counts as verified)
 * ``gm_loss``, ``gm_radii``, ``radius_weights``, ``WEIGHT_SHAPES``, ``GMLossResult``: the GM loss
 * ``CrownIBPSchedule``, ``linear_ramp``, ``smooth_ramp``: CROWN-IBP's schedules
 * ``UnsupportedLayerError``, ``BoundInputError``: the errors bad input raises
@@ -17,6 +18,7 @@ examples/README.md). ``gmbound.compat`` stays out of this namespace: its ``compu
 no radius axis, unlike ``gmbound.compute_bounds``.
 """
 from .bounded import METHODS, Bounds, BoundedNetwork, BoundedSequential, compute_bounds
+from .certificates import verified_mask
 from .layers import Normalize
 from .losses import WEIGHT_SHAPES, GMLossResult, gm_loss, gm_radii, radius_weights
 from .network import UnsupportedLayerError
@@ -28,7 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BoundedSequential", "BoundedNetwork", "Bounds", "compute_bounds", "METHODS", "Normalize",
-    "margin_spec", "robust_logits",
+    "margin_spec", "robust_logits", "verified_mask",
     "gm_loss", "gm_radii", "radius_weights", "WEIGHT_SHAPES", "GMLossResult",
     "CrownIBPSchedule", "ScheduleValues", "linear_ramp", "smooth_ramp",
     "UnsupportedLayerError", "BoundInputError", "__version__",

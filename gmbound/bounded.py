@@ -143,6 +143,9 @@ class BoundedSequential(nn.Module):
         n_out = math.prod(shapes[graph.output])
         if C is not None:
             check_spec(C, x, n_out)  # before tiling, so errors name the whole batch
+        if x.shape[0] == 0:  # an empty batch: empty bounds of the right shape, on every backend
+            empty = x.new_zeros((radii.shape[0], 0) + ((C.shape[1],) if C is not None else shapes[graph.output]))
+            return Bounds(empty, empty.clone() if bound_upper else None)
         k = (C.shape[1] if C is not None else n_out) * (2 if bound_upper else 1)
         tiles = chunking.plan(radii.shape[0], x.shape[0],
                               chunking.row_bytes(shapes, k, method != "ibp", x.element_size()), tile_budget(x.device))

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .bounded import BoundedSequential
+from .certificates import correct_mask, count_nonfinite, warn_nonfinite
 from .evaluate import certified
 
 
@@ -88,11 +89,14 @@ def certify(model: nn.Module, loader: DataLoader, *, verifiers: Sequence[str] = 
     net = BoundedSequential(model)
     radii: dict[str, list[float]] = {v: [] for v in verifiers}
     labels, correct = [], []
+    nonfinite = 0
     seconds = {v: 0.0 for v in verifiers}
     for x, y in loader:
         x, y = x.to(device=device, dtype=dtype), y.to(device)
         with torch.no_grad():
-            correct += (model(x).argmax(1) == y).cpu().tolist()
+            logits = model(x)
+        correct += correct_mask(logits, y).cpu().tolist()  # NaN logits are wrong (and certify nothing)
+        nonfinite += count_nonfinite(logits)
         labels += y.cpu().tolist()
         for v in verifiers:
             t0 = time.time()
@@ -100,9 +104,10 @@ def certify(model: nn.Module, loader: DataLoader, *, verifiers: Sequence[str] = 
                               crown_batch_size=crown_batch_size)
             seconds[v] += time.time() - t0
             radii[v] += r.cpu().tolist()
+    warn_nonfinite(nonfinite, len(labels), "gmbound certify")
     radii["best"] = [max(vals) for vals in zip(*(radii[v] for v in verifiers))]
     return CertifyResult(labels, correct, radii, eps_max, rounds, k, {v: round(s, 3) for v, s in seconds.items()},
-                         {"dtype": str(dtype).replace("torch.", "")})
+                         {"dtype": str(dtype).replace("torch.", ""), "nonfinite_logits": nonfinite})
 
 
 def write_certify(result: CertifyResult, folder: str | Path, stem: str, label: str,

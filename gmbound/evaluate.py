@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .attacks import pgd_attack
 from .bounded import BoundedSequential
+from .certificates import correct_mask, count_nonfinite, verified_mask, warn_nonfinite
 from .specification import margin_spec
 
 VERIFIER_ORDER = ("ibp", "crown-ibp", "crown")
@@ -79,12 +80,12 @@ def certified(net: BoundedSequential, x: torch.Tensor, y: torch.Tensor, radii: t
                 spec = margin_spec(ys, n_classes, dtype=x.dtype)
                 lb = net.bounds(xs, rs, spec, method="crown", x_min=x_min, x_max=x_max, bound_upper=False,
                                 backend=backend, crown_chunk=crown_chunk).lower
-                parts.append((lb > 0).all(-1))
+                parts.append(verified_mask(lb))
             out.append(torch.cat(parts, 1))
         else:
             margins = net.margin_bounds(x, y, r, method=verifier, beta=1.0, x_min=x_min, x_max=x_max,
                                         backend=backend)
-            out.append((margins > 0).all(-1))
+            out.append(verified_mask(margins))
     return torch.cat(out, 0)
 
 
@@ -171,6 +172,7 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
         active.append(v)
     wrong = 0
     total = 0
+    nonfinite = 0  # samples with NaN / inf logits: misclassified, never verified, and warned about
     unverified = {v: torch.zeros(n_eps, dtype=torch.long) for v in active}
     unverified_any = torch.zeros(n_eps, dtype=torch.long)
     pgd_wrong = torch.zeros(n_eps, dtype=torch.long)
@@ -189,7 +191,9 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
         b = len(y)
         total += b
         with torch.no_grad():
-            clean_wrong = model(x).argmax(1) != y                                 # [B]
+            logits = model(x)
+        clean_wrong = ~correct_mask(logits, y)                                    # [B]; NaN logits are wrong
+        nonfinite += count_nonfinite(logits)
         wrong += int(clean_wrong.sum())
         cert = {}
         for v in active:
@@ -219,6 +223,7 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
         pgd_wrong += attacked.sum(1)
         for v in active:  # a certificate contradicted by a misclassified point (clean or PGD) is unsound
             unsound[v] += (cert[v] & attacked).sum(1)
+    warn_nonfinite(nonfinite, total, "gmbound eval")
     n = max(total, 1)
     ver = {v: (unverified[v].double() / n).tolist() for v in active}
     best = []  # the verifier(s) with the lowest error at each radius; ties joined by "="
@@ -236,6 +241,7 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
              "step_size": pgd_step_size if pgd_step_size is not None else "2.5*eps/steps",
              "random_start": True, "x_min": x_min, "x_max": x_max},
         meta={"dtype": str(dtype).replace("torch.", ""), "device": str(device), "backend": backend,
+              "nonfinite_logits": nonfinite,
               "torch": str(torch.__version__), "machine": platform.machine(), "platform": platform.platform()})
     if strict and not result.sound:
         raise UnsoundBoundError(unsound_message(result))

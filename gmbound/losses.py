@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bounded import BoundedSequential
+from .certificates import clean_margins, correct_mask, verified_mask
 from .specification import robust_logits
-from .validation import BoundInputError, DomainLike
+from .validation import BoundInputError, DomainLike, check_count, check_labels
 
 WeightShape = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -32,8 +33,7 @@ WEIGHT_SHAPES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 def gm_radii(eps: Union[float, torch.Tensor], n_radii: int, dtype: torch.dtype = torch.float32,
              device: Optional[torch.device] = None) -> torch.Tensor:
     """The GRT radii ``r_i = i/N * eps`` for ``i = 1..N``: ``[N]``."""
-    if n_radii < 1:
-        raise BoundInputError(f"n_radii must be at least 1, got {n_radii}")
+    n_radii = check_count(n_radii, "n_radii", "the number of radii")
     eps_t = torch.as_tensor(eps, dtype=dtype, device=device)
     if eps_t.dim() != 0:
         raise BoundInputError(f"eps must be a single number for the GM loss, got shape {tuple(eps_t.shape)}")
@@ -49,8 +49,7 @@ def radius_weights(n_radii: int, shape: WeightShape = "inverse", dtype: torch.dt
     ``shape`` is a name from ``WEIGHT_SHAPES`` or a callable mapping the relative radii
     ``t_i = i/N`` (``[N]``) to non-negative unnormalised weights.
     """
-    if n_radii < 1:
-        raise BoundInputError(f"n_radii must be at least 1, got {n_radii}")
+    n_radii = check_count(n_radii, "n_radii", "the number of radii")
     if isinstance(shape, str):
         if shape not in WEIGHT_SHAPES:
             raise BoundInputError(f"unknown weight shape {shape!r}; choose one of {sorted(WEIGHT_SHAPES)} "
@@ -105,16 +104,25 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
     if not 0.0 <= float(kappa) <= 1.0:
         raise BoundInputError(f"kappa must lie in [0, 1], got {float(kappa)}")
     net = model if isinstance(model, BoundedSequential) else BoundedSequential(model)
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == 0:
+        raise BoundInputError("x is an empty batch (B = 0): the GM loss, a mean over the batch, is undefined")
     radii = gm_radii(eps, n_radii, x.dtype, x.device)
     c = radius_weights(n_radii, weights, x.dtype, x.device)
     if float(radii[-1]) == 0.0:
         # eps = 0 (warm-up): the box is the point x, so m is the clean margin and
         # CE(-m, y) = CE(f(x) - f_y(x), y) = CE(f(x), y) exactly (softmax is shift-invariant).
+        # The same checks on x, y and the domain as at eps > 0 (labels out of range are refused here too).
+        x, _, _, _ = net._prepare(x, radii, x_min, x_max)
         logits = net(x)
+        if logits.dim() != 2:
+            raise BoundInputError(f"the GM loss needs logits [B, n_classes]; the model outputs {tuple(logits.shape)}")
+        check_labels(y, x, logits.shape[1])
         natural_loss = F.cross_entropy(logits, y)
-        natural_error = (logits.argmax(1) != y).to(x.dtype).mean()
-        return GMLossResult(natural_loss, natural_loss, natural_loss, natural_error,
-                            natural_error.detach().expand(n_radii).clone(), radii, c, logits)
+        natural_error = (~correct_mask(logits, y)).to(x.dtype).mean()
+        # verified at radius 0: every clean margin > 0 (a tie or a NaN logit certifies nothing)
+        unverified = (~verified_mask(clean_margins(logits, y))).to(x.dtype).mean()
+        return GMLossResult(natural_loss, natural_loss, natural_loss, natural_error.detach(),
+                            unverified.detach().expand(n_radii).clone(), radii, c, logits)
     if stochastic:
         index = torch.multinomial(c, x.shape[0], replacement=True, generator=generator)  # [B]
         sample_radii = radii[index].unsqueeze(0)                                         # [1, B]
@@ -123,7 +131,7 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
                                                  allow_tf32=allow_tf32)
         n_classes = logits.shape[1]
         robust_loss = F.cross_entropy(robust_logits(margins[0], y, n_classes), y)
-        unverified = (margins[0] <= 0).any(-1).to(x.dtype)                              # [B]
+        unverified = (~verified_mask(margins[0])).to(x.dtype)                           # [B]; NaN: unverified
         counts = torch.bincount(index, minlength=n_radii).to(x.dtype)
         sums = torch.zeros(n_radii, dtype=x.dtype, device=x.device).index_add_(0, index, unverified)
         verified_error = sums / counts  # NaN where no sample drew the radius
@@ -135,9 +143,9 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
         ce = F.cross_entropy(robust_logits(margins, y, n_classes).flatten(0, 1), y.repeat(n_radii),
                              reduction="none").view(n_radii, -1).mean(1)                 # [N]
         robust_loss = (c * ce).sum()
-        verified_error = (margins <= 0).any(-1).to(x.dtype).mean(1)
+        verified_error = (~verified_mask(margins)).to(x.dtype).mean(1)
     natural_loss = F.cross_entropy(logits, y)
-    natural_error = (logits.argmax(1) != y).to(x.dtype).mean()
+    natural_error = (~correct_mask(logits, y)).to(x.dtype).mean()
     loss = kappa * natural_loss + (1 - kappa) * robust_loss
     return GMLossResult(loss, natural_loss, robust_loss, natural_error.detach(), verified_error.detach(),
                         radii, c, logits, index if stochastic else None)

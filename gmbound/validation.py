@@ -1,7 +1,7 @@
 """Checks on what users pass in, turning bad input into errors that name the problem."""
 from __future__ import annotations
 
-import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
@@ -41,11 +41,11 @@ def as_radii(eps: RadiusLike, x: torch.Tensor) -> torch.Tensor:
             raise BoundInputError(f"dtype mismatch: eps is {eps.dtype} but x is {x.dtype}")
         radii = eps.to(x.dtype)
     else:
-        values = [eps] if isinstance(eps, (int, float)) else list(eps)
-        for v in values:
-            if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-                raise BoundInputError(f"eps must be finite, got {v}")
-        radii = torch.as_tensor(values, dtype=x.dtype, device=x.device)
+        # Python and NumPy numbers, sequences of them and NumPy arrays alike.
+        try:
+            radii = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise BoundInputError(f"eps must be a number, a sequence of numbers or a tensor; got {eps!r}") from None
     if radii.dim() == 0:
         radii = radii.reshape(1)
     if radii.dim() == 1:
@@ -71,10 +71,13 @@ def as_domain(bound: DomainLike, x: torch.Tensor, name: str) -> Optional[torch.T
         raise BoundInputError(f"device mismatch: {name} is on {t.device} but x is on {x.device}")
     t = t.to(x.dtype)
     try:
-        torch.broadcast_shapes(t.shape, x.shape)
+        shape = torch.broadcast_shapes(t.shape, x.shape)
     except RuntimeError:
         raise BoundInputError(f"{name} of shape {tuple(t.shape)} does not broadcast against x of shape "
                               f"{tuple(x.shape)}") from None
+    if shape != x.shape:
+        raise BoundInputError(f"{name} of shape {tuple(t.shape)} would enlarge x of shape {tuple(x.shape)} to "
+                              f"{tuple(shape)}; it must broadcast to the shape of x")
     if not bool(torch.isfinite(t).all()):
         raise BoundInputError(f"{name} contains NaN or inf")
     return t
@@ -116,3 +119,12 @@ def check_labels(y: torch.Tensor, x: torch.Tensor, n_classes: int) -> None:
         raise BoundInputError(f"device mismatch: y is on {y.device} but x is on {x.device}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
         raise BoundInputError(f"labels must lie in [0, {n_classes}); got range [{int(y.min())}, {int(y.max())}]")
+
+
+def check_count(value, name: str, what: str) -> int:
+    """A whole number ``>= 1`` (Python or NumPy integer, not a bool): ``n_radii``, ``crown_chunk``, ..."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise BoundInputError(f"{name} must be a whole number ({what}), got {value!r}")
+    if value < 1:
+        raise BoundInputError(f"{name} must be at least 1 ({what}), got {value}")
+    return int(value)

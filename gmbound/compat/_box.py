@@ -24,6 +24,8 @@ def covering_radius(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     """
     with torch.no_grad():
         reach = torch.maximum(upper - x, x - lower).flatten(1).amax(1)   # [B]
+        if reach.numel() == 0:  # an empty batch: any radius covers it
+            return reach if per_sample else reach.new_zeros(())
         if not per_sample:
             reach = reach.amax()
         view = (-1,) + (1,) * (x.dim() - 1) if per_sample else ()
@@ -59,11 +61,16 @@ def checked_box(x: torch.Tensor, ptb: PerturbationLpNorm) -> tuple[torch.Tensor,
     for name, t in (("x_L", lower), ("x_U", upper)):
         if not bool(torch.isfinite(t).all()):
             raise BoundInputError(f"PerturbationLpNorm: {name} contains NaN or inf")
+    with torch.no_grad():
+        scale = 1.0 + (x.abs().max().item() if x.numel() else 0.0)
+        inverted = (lower - upper).max().item() if x.numel() else 0.0
+    if inverted > 1e-5 * scale:  # more than rounding (which the widening below absorbs)
+        raise BoundInputError(f"PerturbationLpNorm: x_L exceeds x_U by up to {inverted:.3g}: the box [x_L, x_U] "
+                              "is empty")
     below, above = x < lower, x > upper
     if bool(below.any()) or bool(above.any()):
         with torch.no_grad():
             gap = torch.maximum((lower - x).clamp_min(0).max(), (x - upper).clamp_min(0).max()).item()
-            scale = 1.0 + x.abs().max().item()
         if gap > 1e-5 * scale:
             warnings.warn(f"the clean input lies outside its box [x_L, x_U] by up to {gap:.3g}; gmbound.compat "
                           "bounds the smallest box containing both (sound for [x_L, x_U], but looser)", stacklevel=4)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import Normalize
+from ..validation import BoundInputError
 from .base import BoundOp, Interval, Shape
 
 
@@ -151,6 +152,11 @@ class ChannelAffineOp(BoundOp):
     def forward(self, a: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
         if not self.uses_batch_stats:
             return self.module(a)
+        per_channel = a.numel() // max(a.shape[1], 1)
+        if per_channel <= 1:  # as nn.BatchNorm itself refuses, but also where bounds() skips the module
+            raise BoundInputError(
+                f"{self.name}: BatchNorm in training mode needs more than one value per channel for its batch "
+                f"statistics; got input of shape {tuple(a.shape)}. Use a larger batch, or model.eval()")
         # Keep this batch's statistics so the bounds use the very map the clean pass applied.
         dims = [0] + list(range(2, a.dim()))
         self.batch_stats = (a.mean(dims), a.var(dims, unbiased=False))
