@@ -17,14 +17,7 @@ from nets import make_case
 HAVE_EXT = _extension.available()
 pytestmark = pytest.mark.skipif(not HAVE_EXT, reason=_extension.unavailable_reason() or "no extension")
 
-NO_GPU = "no CUDA GPU: CUDA kernels compiled but not run here"
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda,
-                                pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU),
-                                pytest.mark.skipif(HAVE_EXT and not _extension.has_cuda_kernels(),
-                                                   reason="gmbound._C was built without CUDA kernels")]),
-]
+from test_kernels import DEVICES  # noqa: E402  (cpu, and cuda when a GPU and CUDA kernels exist)
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from ..validation import BoundInputError
 from .base import BoundOp, Interval, Shape
 
 
-class LinearOp(BoundOp):
-    """``z = W a + b``."""
+class WeightedOp(BoundOp):
+    """An op whose module carries ``weight`` and ``bias``, read at call time (never cached)."""
 
     @property
     def weight(self) -> torch.Tensor:
@@ -22,6 +22,10 @@ class LinearOp(BoundOp):
     @property
     def bias(self) -> Optional[torch.Tensor]:
         return self.module.bias
+
+
+class LinearOp(WeightedOp):
+    """``z = W a + b``."""
 
     def out_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) != 1 or in_shape[0] != self.weight.shape[1]:
@@ -59,16 +63,8 @@ def transpose_padding(kernel, stride, padding, dilation, in_hw, out_hw) -> tuple
     return (pads[0], pads[1])
 
 
-class Conv2dOp(BoundOp):
+class Conv2dOp(WeightedOp):
     """``z = conv(a, W) + b`` (any stride / padding / dilation, groups = 1, zero padding)."""
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.module.weight
-
-    @property
-    def bias(self) -> Optional[torch.Tensor]:
-        return self.module.bias
 
     @property
     def stride(self) -> tuple[int, int]:
