@@ -305,3 +305,82 @@ def test_adaptive_scheduler_steps_with_the_loss():
     s.step_batch()
     assert s.get_eps() == pytest.approx(0.035)
     assert math.isnan(AdaptiveScheduler(1.0, "start=1").loss)
+    assert s.get_eps() == pytest.approx(0.035)
+    assert math.isnan(AdaptiveScheduler(1.0, "start=1").loss)
+
+
+# ------------------------------------------------- item 5: plain nn.Modules as auto_LiRPA's examples write them
+class MLP3(nn.Module):
+    """auto_LiRPA's mlp_3layer in miniature: functional relu and torch.flatten in forward()."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(2 * 6 * 6, 16), nn.Linear(16, 12), nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class Dense(nn.Module):
+    """auto_LiRPA's resnet building block: the sum of several layers' outputs."""
+
+    def __init__(self, *Ws):
+        super().__init__()
+        self.Ws = nn.ModuleList(list(Ws))
+
+    def forward(self, *xs):
+        xs = xs[-len(self.Ws):]
+        return sum(W(x) for x, W in zip(xs, self.Ws) if W is not None)
+
+
+class DenseSequential(nn.Sequential):
+    """auto_LiRPA's resnet container: a Dense module reads every earlier output."""
+
+    def forward(self, x):
+        xs = [x]
+        for module in self._modules.values():
+            xs.append(module(*xs) if "Dense" in type(module).__name__ else module(xs[-1]))
+        return xs[-1]
+
+
+def resnet_like():
+    return DenseSequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+        Dense(nn.Conv2d(4, 4, 3, padding=1)), nn.ReLU(),
+        Dense(nn.Conv2d(4, 4, 1), None, nn.Conv2d(4, 4, 3, padding=1)), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+
+
+@pytest.mark.parametrize("factory", [MLP3, resnet_like])
+def test_plain_modules_of_the_auto_lirpa_examples(factory):
+    torch.manual_seed(41)
+    net = factory().double()
+    g = torch.Generator().manual_seed(41)
+    x = torch.rand(4, 2, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (4,), generator=g)
+    model, C = BoundedModule(net, x), spec(net, x, y)
+    torch.testing.assert_close(model(clipped(x)), net(x))
+    ilb, _ = model.compute_bounds(IBP=True, C=C, method=None)
+    clb, _ = model.compute_bounds(IBP=False, C=C, method="backward", bound_upper=False)   # reuses IBP: CROWN-IBP
+    torch.testing.assert_close(ilb, native(net, x, C, "ibp").lower[0])
+    torch.testing.assert_close(clb, native(net, x, C, "crown-ibp").lower[0])
+    assert isinstance(model.final_node(), BoundLinear)
+    # loss fusion on the traced model: the names shift by the labels input, the IBP loss is the robust CE
+    fused_model = fused(net, x, y)
+    final2 = fused_model._modules[model.final_name].output_name[0]
+    assert type(fused_model._modules[final2]) is type(model.final_node())
+    _, iub = fused_model.compute_bounds(x=(clipped(x), y), IBP=True, method=None)
+    robust = torch.log(iub)[:, 0] + fused_model[fused_model.final_node().input_name[0]].max_input[:, 0]
+    want = F.cross_entropy(-torch.cat([torch.zeros_like(ilb[:, :1]), ilb], 1), torch.zeros(4, dtype=torch.long),
+                           reduction="none")
+    torch.testing.assert_close(robust, want)
+
+
+def test_dense_sequential_node_graph_follows_its_residual_sums():
+    """auto_LiRPA's DenseSequential is an nn.Sequential with its own forward: traced, not chained."""
+    torch.manual_seed(42)
+    model = BoundedModule(resnet_like().double(), torch.zeros(1, 2, 6, 6, dtype=torch.float64))
+    sums = [n for n in model.nodes() if type(n).__name__ == "BoundAdd"]
+    relus = [n for n in model.nodes() if isinstance(n, BoundRelu)]
+    assert len(sums) >= 1 and all(len(n.input_name) == 2 for n in sums) and len(relus) == 3

@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 from torch import nn
 
+from ..network import is_plain_sequential
 from .bound_ops import (Bound, BoundExp, BoundGatherElements, BoundInput, BoundReduceSum, BoundSub,
                         node_class_for, node_class_for_op)
 
@@ -31,8 +32,11 @@ def build_node_graph(sequential: nn.Module, prefix: str = "", loss_fusion_wrappe
     """Nodes in graph order, keyed by name; each node's ``input_name``/``output_name`` filled in.
 
     ``prefix``: the path of ``sequential`` inside the wrapped model (``"model."`` in a wrapper).
+    A model that is not a plain Sequential (a plain ``nn.Module``, or a Sequential with a forward of
+    its own such as auto_LiRPA's ``DenseSequential``, whose layers are not a chain) was traced: it
+    gets one node per node of its ``bound_graph``, linked as that graph is.
     """
-    if bound_graph is not None and not isinstance(sequential, nn.Sequential):  # a traced model
+    if bound_graph is not None and not is_plain_sequential(sequential):  # a traced model
         return build_node_graph_from(bound_graph, sequential, prefix, loss_fusion_wrapper)[0]
     nodes: list[Bound] = [BoundInput("", "input_0")]
     if loss_fusion_wrapper:
