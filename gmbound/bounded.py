@@ -130,6 +130,22 @@ class BoundedSequential(nn.Module):
         return self._bounds(graph, x, radii, lo, hi, C, _method(method), _check_beta(beta), bound_upper,
                             backend, crown_chunk, allow_tf32)
 
+    def interval_pass(self, x: torch.Tensor, eps: RadiusLike, *, x_min: DomainLike = None, x_max: DomainLike = None,
+                      backend: str = "auto", allow_tf32: bool = False) -> "IntervalPass":
+        """Run the interval pass of one box once and keep it, for several specifications and methods.
+
+        ``pass_.bounds(C, method=...)`` then gives what ``bounds`` gives for ``"ibp"`` and
+        ``"crown-ibp"``, all calls sharing the same intermediate (pre-ReLU) intervals and their
+        autograd graph: an IBP call followed by a CROWN-IBP call costs one interval pass, not two.
+        This is auto_LiRPA's reuse of intermediate bounds; unlike ``bounds``, the pass is not tiled
+        (its intervals are needed whole), and it sees the parameters as they were when it ran.
+        """
+        graph = self._graph()
+        x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
+        if any(isinstance(op, ChannelAffineOp) and op.uses_batch_stats for op in graph.ops):
+            self._clean_forward(graph, x, update_running_stats=False)
+        return IntervalPass(self, graph, x, radii, lo, hi, backend, allow_tf32)
+
     def _prepare(self, x, eps, x_min, x_max):
         check_input(x, self._first_param())
         radii = as_radii(eps, x)
@@ -156,17 +172,17 @@ class BoundedSequential(nn.Module):
             return Bounds(*chunking.run_tiled(bound, tiles, x, radii, lo, hi, C))
 
     def _bounds_strict(self, graph, x, radii, lo, hi, C, method, beta, bound_upper, backend,
-                       crown_chunk) -> Bounds:
+                       crown_chunk, state: Optional[propagation.IntervalState] = None) -> Bounds:
         shapes = self._shapes(graph, x)
         out_shape = shapes[graph.output]
         n_out = 1
         for s in out_shape:
             n_out *= s
         prims = get_primitives(backend, x.device)
-        box = prims.input_box(x, radii, lo, hi)
+        box = None if state is not None else prims.input_box(x, radii, lo, hi)
         if C is None:
             if method == "ibp":  # plain intervals all the way: no specification needed
-                lower, upper = propagation.output_intervals(graph, box, prims)
+                lower, upper = propagation.output_intervals(graph, box, prims, state)
                 return Bounds(lower, upper if bound_upper else None)
             spec = torch.eye(n_out, dtype=x.dtype, device=x.device).expand(x.shape[0], n_out, n_out)
         else:
@@ -181,7 +197,7 @@ class BoundedSequential(nn.Module):
         else:
             want_crown = method == "crown-ibp" and beta > 0
             want_ibp = method == "ibp" or beta < 1
-            res = propagation.spec_bounds(graph, shapes, box, spec, prims, want_ibp, want_crown)
+            res = propagation.spec_bounds(graph, shapes, box, spec, prims, want_ibp, want_crown, state)
             if not want_crown:
                 lb = res.ibp
             elif not want_ibp:
@@ -222,6 +238,37 @@ class BoundedSequential(nn.Module):
         margins = self._bounds(graph, x, radii, lo, hi, spec, _method(method), _check_beta(beta), False,
                                backend, None, allow_tf32).lower
         return logits, margins
+
+
+class IntervalPass:
+    """The kept interval pass of one input box (``BoundedSequential.interval_pass``)."""
+
+    def __init__(self, net: BoundedSequential, graph: BoundGraph, x: torch.Tensor, radii: torch.Tensor,
+                 lo: Optional[torch.Tensor], hi: Optional[torch.Tensor], backend: str, allow_tf32: bool):
+        self._net, self._graph, self._x, self._radii, self._lo, self._hi = net, graph, x, radii, lo, hi
+        self._backend, self._allow_tf32 = backend, allow_tf32
+        self._state: Optional[propagation.IntervalState] = None
+        if x.shape[0] > 0:  # an empty batch has no pass to keep (bounds() returns empty bounds)
+            prims = get_primitives(backend, x.device)
+            with strict_float32(not allow_tf32):
+                self._state = propagation.relu_intervals(graph, prims.input_box(x, radii, lo, hi), prims)
+
+    def bounds(self, C: Optional[torch.Tensor] = None, *, method: str = "ibp", beta: Union[float, torch.Tensor] = 1.0,
+               bound_upper: bool = True) -> Bounds:
+        """As ``BoundedSequential.bounds`` on the kept box, for ``method`` ``"ibp"`` or ``"crown-ibp"``."""
+        method = _method(method)
+        if method == "crown":
+            raise BoundInputError("an interval pass serves method 'ibp' or 'crown-ibp'; full CROWN computes its "
+                                  "own intermediate bounds: call bounds(..., method='crown')")
+        beta = _check_beta(beta)
+        if self._state is None:
+            return self._net._bounds(self._graph, self._x, self._radii, self._lo, self._hi, C, method, beta,
+                                     bound_upper, self._backend, None, self._allow_tf32)
+        if C is not None:
+            check_spec(C, self._x, math.prod(self._net._shapes(self._graph, self._x)[self._graph.output]))
+        with strict_float32(not self._allow_tf32):
+            return self._net._bounds_strict(self._graph, self._x, self._radii, self._lo, self._hi, C, method, beta,
+                                            bound_upper, self._backend, None, self._state)
 
 
 def compute_bounds(model: nn.Module, x: torch.Tensor, eps: RadiusLike, C: Optional[torch.Tensor] = None,

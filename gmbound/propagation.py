@@ -104,24 +104,32 @@ class PropagationResult:
     crown: Optional[torch.Tensor] = None
 
 
-def output_intervals(graph: BoundGraph, box: Pair, prims) -> Pair:
-    """Plain interval bounds of the network's output ``[N, B, *out]``."""
-    state = IntervalState(box)
+def output_intervals(graph: BoundGraph, box: Pair, prims, state: Optional[IntervalState] = None) -> Pair:
+    """Plain interval bounds of the network's output ``[N, B, *out]`` (continuing ``state`` if given)."""
+    state = state if state is not None else IntervalState(box)
     state.compute(graph, graph.ancestors([graph.output]), prims)
     return materialise(state.values[graph.output], prims)
 
 
+def relu_intervals(graph: BoundGraph, box: Pair, prims) -> IntervalState:
+    """The interval pass up to the last ReLUs: what both IBP and CROWN-IBP start from."""
+    state = IntervalState(box)
+    state.compute(graph, graph.ancestors(graph.relus(graph.ancestors([graph.output]))), prims)
+    return state
+
+
 def spec_bounds(graph: BoundGraph, shapes: list[Shape], box: Pair, spec: torch.Tensor, prims, want_ibp: bool,
-                want_crown: bool) -> PropagationResult:
+                want_crown: bool, state: Optional[IntervalState] = None) -> PropagationResult:
     """IBP and / or CROWN-IBP lower bounds of ``spec . f(x')`` (``spec``: ``[B, K, *out]``).
 
     IBP runs intervals up to the last ReLUs and folds the specification into the affine ops
     after them by back-substitution (the "elision of the last layer"); CROWN-IBP
     back-substitutes through the whole graph, relaxing each ReLU with its IBP pre-activation bounds.
+    ``state``: the interval pass of ``box`` from an earlier call (``relu_intervals``), reused as is.
     """
     relus = graph.relus(graph.ancestors([graph.output]))
-    state = IntervalState(box)
-    state.compute(graph, graph.ancestors(relus), prims)
+    if state is None:
+        state = relu_intervals(graph, box, prims)
     lam0 = spec.unsqueeze(0)  # [1, B, K, *out]: the same for every radius until the first ReLU
     result = PropagationResult()
     if want_ibp:

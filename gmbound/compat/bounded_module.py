@@ -112,6 +112,19 @@ def check_bound_opts(bound_opts: Optional[dict]) -> dict:
     return opts
 
 
+def _sides(bound, C, bound_lower: bool, bound_upper: bool):
+    """``(lower or None, upper or None)`` from ``bound(C, bound_upper) -> Bounds``.
+
+    Upper bounds alone are the negated lower bounds of ``-C`` (what gmbound does for its upper bound).
+    """
+    if bound_lower or C is None:
+        b = bound(C, bound_upper)
+        return (b.lower if bound_lower else None), (b.upper if bound_upper else None)
+    if not isinstance(C, torch.Tensor):
+        raise BoundInputError(f"C must be a torch.Tensor, got {type(C).__name__}")
+    return None, -bound(-C, False).lower
+
+
 def _flat_inputs(inputs) -> list:
     """auto_LiRPA's input forms (``x``, ``(x,)``, ``(x, labels)``, nested) as a flat list."""
     if isinstance(inputs, (tuple, list)):
@@ -261,6 +274,7 @@ class BoundedModule(nn.Module):
         self._interm: Optional[str] = None     # kind of intermediate bounds held: None, "ibp" or "crown"
         self._ibp_cache: Optional[tuple] = None
         self._z_box: Optional[tuple] = None    # loss fusion: the IBP interval of z = y - y_label
+        self._pass = None                      # the input's interval pass (gmbound.bounded.IntervalPass)
 
     def _split_inputs(self, inputs, check_labels: bool = True) -> list:
         flat = _flat_inputs(inputs)
@@ -346,21 +360,27 @@ class BoundedModule(nn.Module):
     def _radius_bounds(self, x, eps, x_min, x_max, C, method, beta, bound_lower, bound_upper):
         """gmbound's bounds with the radius axis kept; the lower or upper one None where not wanted."""
         self._check_own_hooks()
-        net = self._net
-        if bound_lower or C is None:
-            b = net.bounds(x, eps, C, method=method, beta=beta, x_min=x_min, x_max=x_max, bound_upper=bound_upper)
-            return (b.lower if bound_lower else None), (b.upper if bound_upper else None)
-        # Upper bounds only: the lower bound of -C f, negated (what gmbound does for its upper bound).
-        if not isinstance(C, torch.Tensor):
-            raise BoundInputError(f"C must be a torch.Tensor, got {type(C).__name__}")
-        b = net.bounds(x, eps, -C, method=method, beta=beta, x_min=x_min, x_max=x_max, bound_upper=False)
-        return None, -b.lower
+        return _sides(lambda C_, upper: self._net.bounds(x, eps, C_, method=method, beta=beta, x_min=x_min,
+                                                          x_max=x_max, bound_upper=upper),
+                      C, bound_lower, bound_upper)
 
     def _one_box(self, C, method, bound_lower, bound_upper):
-        """Bounds ``[B, K]`` of ``C f`` on the current input's box."""
+        """Bounds ``[B, K]`` of ``C f`` on the current input's box.
+
+        An IBP call runs the interval pass of the input and keeps it (``gmbound.bounded.IntervalPass``);
+        a CROWN-IBP call reads the kept one, so the IBP call and the CROWN-IBP call after it share
+        their intermediate bounds, as in auto_LiRPA: one interval pass, one autograd graph through it.
+        """
         plain, ptb = self._current()
         eps, x_min, x_max = native_box(plain, ptb)
-        lower, upper = self._radius_bounds(plain, eps, x_min, x_max, C, method, 1.0, bound_lower, bound_upper)
+        if method == "crown":
+            lower, upper = self._radius_bounds(plain, eps, x_min, x_max, C, method, 1.0, bound_lower, bound_upper)
+        else:
+            self._check_own_hooks()
+            if method == "ibp" or self._pass is None:
+                self._pass = self._net.interval_pass(plain, eps, x_min=x_min, x_max=x_max)
+            lower, upper = _sides(lambda C_, upper: self._pass.bounds(C_, method=method, bound_upper=upper),
+                                  C, bound_lower, bound_upper)
         return (lower[0] if lower is not None else None, upper[0] if upper is not None else None)
 
     def compute_bounds(self, x=None, aux=None, C: Optional[torch.Tensor] = None, method: Optional[str] = "backward",
@@ -380,9 +400,9 @@ class BoundedModule(nn.Module):
         IBP when ``IBP=True`` **or when an earlier call on the same input ran IBP**: the trainers'
         pair ``compute_bounds(IBP=True, C=c, method=None)`` then
         ``compute_bounds(IBP=False, C=c, method="backward")`` gives IBP, then CROWN-IBP (not full
-        CROWN). A ``"backward"`` call on a fresh input runs full CROWN. gmbound recomputes the
-        reused IBP bounds rather than storing them: the same numbers (and gradients) unless the
-        parameters changed in between, where auto_LiRPA would keep the stale ones.
+        CROWN). A ``"backward"`` call on a fresh input runs full CROWN. As in auto_LiRPA, the
+        reused intermediate bounds are those the IBP call computed (with the parameters of that
+        moment), kept with their autograd graph, not recomputed.
         ``reuse_ibp=True`` with ``method=None, IBP=True`` returns the previous IBP bounds of the same
         input and ``C``.
         """
