@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .bounded import BoundedSequential
+from .certificates import correct_mask, verified_mask
 from .checkpoint import (CHECKPOINT_NAME, FORMAT, VERSION, atomic_save, capture_rng, load_checkpoint,
                          load_scheduler_state, remove_stale_temporaries, restore_rng, scheduler_state,
                          with_digest)
@@ -300,9 +301,8 @@ def heldout_errors(net: BoundedSequential, loader: DataLoader, eps: float, verif
         x, y = x.to(device), y.to(device)
         logits, margins = net.logits_and_margins(x, y, [eps], method=verifier, x_min=x_min, x_max=x_max,
                                                  backend=backend)
-        wrong += int((logits.argmax(1) != y).sum())
-        # verified only when every margin bound is > 0: a NaN margin is never a certificate
-        unverified += int((~(margins[0] > 0).all(-1)).sum())
+        wrong += int((~correct_mask(logits, y)).sum())       # a NaN logit is never a correct prediction
+        unverified += int((~verified_mask(margins[0])).sum())  # nor a NaN margin a certificate
         total += len(y)
     net.model.train(was_training)
     return wrong / max(total, 1), unverified / max(total, 1)

@@ -104,3 +104,14 @@ def test_compat_never_verifies_a_nan_model():
     spec = gmbound.margin_spec(y, 3)
     lb, _ = model.compute_bounds(x=(xb,), C=spec, method="CROWN-IBP", bound_upper=False)
     assert not bool(gmbound.verified_mask(lb).any())
+
+
+@pytest.mark.parametrize("verifier", ["ibp", "crown-ibp"])
+def test_training_heldout_check_counts_a_nan_model_wrong_and_unverified(verifier):
+    """The per-epoch held-out check of the trainer: NaN logits are neither correct nor verified."""
+    from gmbound.train import heldout_errors
+    x, y = _data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=5)
+    err, verr = heldout_errors(gmbound.BoundedSequential(_nan_model()), loader, 0.01, verifier, torch.device("cpu"),
+                               0.0, 1.0)
+    assert (err, verr) == (1.0, 1.0)
