@@ -88,7 +88,7 @@ def git_commit() -> str:
     try:
         sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
                                       stderr=subprocess.DEVNULL).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "csrc", "gmbound"], cwd=HERE,
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ":/csrc", ":/gmbound"], cwd=HERE,
                                stderr=subprocess.DEVNULL).returncode != 0
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

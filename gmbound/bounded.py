@@ -101,6 +101,17 @@ class BoundedSequential(nn.Module):
         """The model's ordinary output."""
         return self._clean_forward(self._graph(), x)
 
+    def forward_with_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, "BatchStats"]:
+        """The ordinary output, and the batch statistics its training-mode BatchNorms normalised ``x`` with.
+
+        ``interval_pass(x, ..., stats=...)`` on the very same ``x`` then bounds with those statistics
+        instead of running the clean forward pass again (a trainer calls ``model(x)`` first anyway).
+        """
+        graph = self._graph()
+        out = self._clean_forward(graph, x)
+        return out, BatchStats(x, x._version, {id(op.module): op.batch_stats for op in graph.ops
+                                               if isinstance(op, ChannelAffineOp) and op.uses_batch_stats})
+
     # ------------------------------------------------------------------ bounds
     def bounds(self, x: torch.Tensor, eps: RadiusLike, C: Optional[torch.Tensor] = None, *,
                method: str = "ibp", beta: Union[float, torch.Tensor] = 1.0,
@@ -131,7 +142,8 @@ class BoundedSequential(nn.Module):
                             backend, crown_chunk, allow_tf32)
 
     def interval_pass(self, x: torch.Tensor, eps: RadiusLike, *, x_min: DomainLike = None, x_max: DomainLike = None,
-                      backend: str = "auto", allow_tf32: bool = False) -> "IntervalPass":
+                      backend: str = "auto", allow_tf32: bool = False,
+                      stats: Optional["BatchStats"] = None) -> "IntervalPass":
         """Run the interval pass of one box once and keep it, for several specifications and methods.
 
         ``pass_.bounds(C, method=...)`` then gives what ``bounds`` gives for ``"ibp"`` and
@@ -139,10 +151,16 @@ class BoundedSequential(nn.Module):
         autograd graph: an IBP call followed by a CROWN-IBP call costs one interval pass, not two.
         This is auto_LiRPA's reuse of intermediate bounds; unlike ``bounds``, the pass is not tiled
         (its intervals are needed whole), and it sees the parameters as they were when it ran.
+        ``stats``: from ``forward_with_stats`` of this very ``x`` (the same data, unmodified since),
+        whose BatchNorm statistics are used instead of a second clean forward pass.
         """
         graph = self._graph()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
-        if any(isinstance(op, ChannelAffineOp) and op.uses_batch_stats for op in graph.ops):
+        batch_norms = [op for op in graph.ops if isinstance(op, ChannelAffineOp) and op.uses_batch_stats]
+        if stats is not None and _same_data(stats, x) and all(id(op.module) in stats.per_module for op in batch_norms):
+            for op in batch_norms:
+                op.batch_stats = stats.per_module[id(op.module)]
+        elif batch_norms:
             self._clean_forward(graph, x, update_running_stats=False)
         return IntervalPass(self, graph, x, radii, lo, hi, backend, allow_tf32)
 
@@ -238,6 +256,22 @@ class BoundedSequential(nn.Module):
         margins = self._bounds(graph, x, radii, lo, hi, spec, _method(method), _check_beta(beta), False,
                                backend, None, allow_tf32).lower
         return logits, margins
+
+
+def _same_data(stats: "BatchStats", x: torch.Tensor) -> bool:
+    """``x`` has the memory, layout, dtype and device of the input of ``stats``, not written to since
+    (views of one tensor, e.g. a BoundedTensor's ``plain()`` taken twice, share memory and version)."""
+    a = stats.x
+    return (a.device == x.device and a.dtype == x.dtype and a.shape == x.shape and a.stride() == x.stride()
+            and a.data_ptr() == x.data_ptr() and x._version == stats.version)
+
+
+class BatchStats(NamedTuple):
+    """The batch statistics (mean, biased variance) of each training-mode BatchNorm module for input ``x``."""
+
+    x: torch.Tensor
+    version: int        # x._version when the statistics were taken: an in-place write since voids them
+    per_module: dict
 
 
 class IntervalPass:

@@ -107,3 +107,46 @@ def test_compat_ibp_then_backward_runs_one_interval_pass(count_passes):
     assert len(count_passes) == 2
     model.compute_bounds(x=(bx,), IBP=True, C=C, method="backward")  # CROWN-IBP in one call: one pass
     assert len(count_passes) == 3
+
+
+@pytest.fixture
+def count_clean_forwards(monkeypatch):
+    calls = []
+    inner = BoundedSequential._clean_forward
+
+    def counted(graph, x, update_running_stats=True):
+        calls.append(update_running_stats)
+        return inner(graph, x, update_running_stats)
+    monkeypatch.setattr(BoundedSequential, "_clean_forward", staticmethod(counted))
+    return calls
+
+
+def test_batch_stats_of_the_forward_serve_the_pass(count_clean_forwards):
+    """model(x) then IBP / CROWN-IBP on the same x in train mode: one clean pass, and the bounds of a fresh one."""
+    net, x, _ = make_case("cnn_bn", seed=5, batch=4)
+    net.train()
+    bnet = BoundedSequential(net)
+    C = _spec(net, x, seed=6)
+    out, stats = bnet.forward_with_stats(x)
+    torch.testing.assert_close(out, net(x))
+    view = x.view_as(x)  # another tensor object on the same data, as BoundedTensor.plain() gives
+    kept = bnet.interval_pass(view, 0.05, stats=stats)
+    assert count_clean_forwards == [True]  # the forward's own pass only (net(x) above is the module's)
+    fresh = bnet.bounds(x, 0.05, C, method="crown-ibp")
+    torch.testing.assert_close(kept.bounds(C, method="crown-ibp").lower, fresh.lower, **TIGHT)
+    # the input written to in between, or another input: its own clean pass
+    bnet.interval_pass(x + 0.0, 0.05, stats=stats)
+    x.add_(0.0)
+    bnet.interval_pass(x, 0.05, stats=stats)
+    assert count_clean_forwards == [True, False, False, False]
+
+
+def test_compat_forward_then_bounds_runs_one_clean_pass(count_clean_forwards):
+    net, x, _ = make_case("cnn_bn", seed=8, batch=4)
+    model = BoundedModule(net.train(), x)
+    bx = BoundedTensor(x, PerturbationLpNorm(norm=np.inf, eps=0.05))
+    C = _spec(net, x, seed=2)
+    model(bx)
+    model.compute_bounds(IBP=True, C=C, method=None)
+    model.compute_bounds(IBP=False, C=C, method="backward", bound_upper=False)
+    assert count_clean_forwards == [True]

@@ -275,6 +275,7 @@ class BoundedModule(nn.Module):
         self._ibp_cache: Optional[tuple] = None
         self._z_box: Optional[tuple] = None    # loss fusion: the IBP interval of z = y - y_label
         self._pass = None                      # the input's interval pass (gmbound.bounded.IntervalPass)
+        self._stats = None                     # BatchNorm statistics of model(x) on this input (BatchStats)
 
     def _split_inputs(self, inputs, check_labels: bool = True) -> list:
         flat = _flat_inputs(inputs)
@@ -342,8 +343,9 @@ class BoundedModule(nn.Module):
         target = self._target(final_node_name)
         plain = self._set_input(inputs)
         if not self._fusion:
-            return self._model(plain[0])
-        y = self._net.model(plain[0])
+            out, self._stats = self._net.forward_with_stats(plain[0])
+            return out
+        y, self._stats = self._net.forward_with_stats(plain[0])
         if target == "logits":
             return y
         out, m = fusion.fused_forward(y, plain[1])
@@ -378,7 +380,7 @@ class BoundedModule(nn.Module):
         else:
             self._check_own_hooks()
             if method == "ibp" or self._pass is None:
-                self._pass = self._net.interval_pass(plain, eps, x_min=x_min, x_max=x_max)
+                self._pass = self._net.interval_pass(plain, eps, x_min=x_min, x_max=x_max, stats=self._stats)
             lower, upper = _sides(lambda C_, upper: self._pass.bounds(C_, method=method, bound_upper=upper),
                                   C, bound_lower, bound_upper)
         return (lower[0] if lower is not None else None, upper[0] if upper is not None else None)
