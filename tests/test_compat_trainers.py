@@ -18,6 +18,7 @@ from gmbound.compat.bound_ops import BoundExp, BoundLinear, BoundRelu
 from gmbound.compat.eps_scheduler import (AdaptiveScheduler, FixedScheduler, LinearScheduler,
                                           SmoothedScheduler)
 from gmbound.compat.utils import MultiAverageMeter, get_spec_matrix, logger, sync_params
+from graph_nets import Dense, DenseSequential
 from nets import make_case, sample_box
 
 EPS = 0.15
@@ -320,28 +321,6 @@ class MLP3(nn.Module):
     def forward(self, x):
         x = torch.flatten(x, 1)
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
-
-
-class Dense(nn.Module):
-    """auto_LiRPA's resnet building block: the sum of several layers' outputs."""
-
-    def __init__(self, *Ws):
-        super().__init__()
-        self.Ws = nn.ModuleList(list(Ws))
-
-    def forward(self, *xs):
-        xs = xs[-len(self.Ws):]
-        return sum(W(x) for x, W in zip(xs, self.Ws) if W is not None)
-
-
-class DenseSequential(nn.Sequential):
-    """auto_LiRPA's resnet container: a Dense module reads every earlier output."""
-
-    def forward(self, x):
-        xs = [x]
-        for module in self._modules.values():
-            xs.append(module(*xs) if "Dense" in type(module).__name__ else module(xs[-1]))
-        return xs[-1]
 
 
 def resnet_like():
