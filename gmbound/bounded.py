@@ -181,8 +181,9 @@ class BoundedSequential(nn.Module):
             empty = x.new_zeros((radii.shape[0], 0) + ((C.shape[1],) if C is not None else shapes[graph.output]))
             return Bounds(empty, empty.clone() if bound_upper else None)
         k = (C.shape[1] if C is not None else n_out) * (2 if bound_upper else 1)
-        tiles = chunking.plan(radii.shape[0], x.shape[0],
-                              chunking.row_bytes(shapes, k, method != "ibp", x.element_size()), tile_budget(x.device))
+        crown = method != "ibp"
+        tiles = chunking.plan(radii.shape[0], x.shape[0], chunking.row_bytes(shapes, k, crown, x.element_size()),
+                              tile_budget(x.device), chunking.MIN_ROWS if crown else chunking.MIN_ROWS_INTERVALS)
 
         def bound(x_, radii_, lo_, hi_, C_):
             return self._bounds_strict(graph, x_, radii_, lo_, hi_, C_, method, beta, bound_upper, backend, crown_chunk)

@@ -42,6 +42,7 @@ def test_plan_keeps_whole_batches_of_radii_and_a_floor_of_rows():
     assert chunking.plan(10, 64, row, budget=128 * row) == (2, 64)             # whole batches of radii
     assert chunking.plan(10, 64, row, budget=32 * row) == (1, 32)              # the batch split
     assert chunking.plan(10, 64, row, budget=row) == (1, chunking.MIN_ROWS)    # never below the floor
+    assert chunking.plan(10, 64, row, budget=row, min_rows=256) == (4, 64)     # IBP's floor: 256 rows
     assert chunking.row_bytes([(1, 4, 4), (3, 5, 5), (10,)], 9, True, 8) == 75 * 9 * 8
     assert chunking.row_bytes([(1, 4, 4), (3, 5, 5), (10,)], 9, False, 4) == 75 * 4 * 4
 
@@ -72,7 +73,8 @@ def _bounds_and_grads(net, x, radii, C, method, backend, x_min, x_max):
 @pytest.mark.parametrize("name,batch,n_radii,tiles,method", [
     ("cnn", 17, 2, 4, "ibp"), ("cnn", 17, 2, 4, "crown-ibp"), ("mlp", 5, 7, 3, "crown-ibp"),
     ("mlp", 5, 7, 3, "crown"), ("cnn_bn", 18, 2, 4, "crown-ibp"), ("cnn_bn", 17, 1, 2, "crown")])
-def test_tiled_equals_one_call(backend, name, batch, n_radii, tiles, method, count_tiles):
+def test_tiled_equals_one_call(backend, name, batch, n_radii, tiles, method, count_tiles, monkeypatch):
+    monkeypatch.setattr(chunking, "MIN_ROWS_INTERVALS", chunking.MIN_ROWS)  # IBP tiled alike, to compare
     net, x, y = make_case(name, seed=3, batch=batch)
     n_out = net(x).shape[1]
     C = torch.randn(batch, 3, n_out, dtype=x.dtype, generator=torch.Generator().manual_seed(5))
@@ -118,3 +120,14 @@ def test_bad_spec_is_named_before_tiling():
     set_tile_budget(1)
     with pytest.raises(gmbound.BoundInputError, match=r"B=20"):
         BoundedSequential(net).bounds(x, [0.1, 0.2], torch.zeros(19, 2, 4, dtype=x.dtype), method="crown-ibp")
+
+
+def test_interval_passes_keep_tiles_of_at_least_256_rows(count_tiles):
+    """IBP holds no Lambda: its tiles stay large (small ones only cost; see chunking.MIN_ROWS_INTERVALS)."""
+    net, x, _ = make_case("cnn", seed=2, batch=100)
+    set_tile_budget(1)
+    BoundedSequential(net).bounds(x, torch.linspace(0.01, 0.1, 6, dtype=x.dtype), method="ibp")
+    assert count_tiles == [(2, 100), (2, 100), (2, 100)]
+    count_tiles.clear()
+    BoundedSequential(net).bounds(x, 0.1, torch.ones(100, 1, 5, dtype=x.dtype), method="crown-ibp")
+    assert len(count_tiles) == 7  # CROWN-IBP: tiles of MIN_ROWS = 16 rows

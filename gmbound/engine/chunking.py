@@ -27,6 +27,12 @@ import torch
 # benchmarks/RESULTS.md: 4 to 32 MB all gain 20-25 % on DM-small at B = 64, N = 10; 64 MB loses most of it.
 DEFAULT_BUDGET_BYTES = 16 * 2 ** 20
 MIN_ROWS = 16
+# Passes of intervals only (IBP) hold no Lambda and keep every tile's intervals for the backward
+# pass anyway, so small tiles only cost: the gm-ibp step (N = 10, forward and backward, 1 thread,
+# same CPU) ran 1.13x slower than untiled on DM-large B = 64 in tiles of 20 rows and 1.37x on
+# CIFAR cnn_7layer_bn B = 64 (16-row tiles), while tiles of at least 256 rows beat untiled on both
+# DM-small B = 256 (0.70 s vs 0.87 s) and DM-large B = 64 (9.9 s vs 12.3 s).
+MIN_ROWS_INTERVALS = 256
 
 
 class Tiles(NamedTuple):
@@ -46,15 +52,15 @@ def row_bytes(shapes: list[tuple[int, ...]], spec_rows: int, crown: bool, itemsi
     return largest * itemsize * (max(1, spec_rows) if crown else 4)
 
 
-def plan(n_radii: int, batch: int, row: int, budget: int = DEFAULT_BUDGET_BYTES) -> Tiles:
-    """Tile sizes for ``n_radii x batch`` rows of ``row`` bytes each within ``budget``.
+def plan(n_radii: int, batch: int, row: int, budget: int = DEFAULT_BUDGET_BYTES, min_rows: int = MIN_ROWS) -> Tiles:
+    """Tile sizes for ``n_radii x batch`` rows of ``row`` bytes each within ``budget``, at least ``min_rows`` a tile.
 
     Whole batches of radii are preferred (the products then see the full batch); the batch is
     split only when one radius of it exceeds the budget.
     """
     if budget <= 0:
         return Tiles(n_radii, batch)
-    rows = max(MIN_ROWS, budget // max(1, row))
+    rows = max(min_rows, budget // max(1, row))
     if rows >= batch:
         return Tiles(min(n_radii, rows // batch), batch)
     return Tiles(1, rows)
