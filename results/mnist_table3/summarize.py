@@ -104,15 +104,22 @@ def figures(groups) -> list[Path]:
             fig, ax = plt.subplots(figsize=(6.4, 4.4))
             for method in sorted(k[1] for k in groups if k[0] == eps_train):
                 runs = groups[(eps_train, method)]
-                eps = [e for e in runs[0]["eps"] if at(runs[0], column, e) is not None]
+                # seeds may be evaluated on different grids (seed 0 on 0.01, the others on 0.05): the
+                # mean and the min-max band use the radii every seed has, and a finer seed is drawn whole
+                grids = [[e for e in r["eps"] if at(r, column, e) is not None] for r in runs]
+                eps = [e for e in grids[0] if all(any(abs(e - f) < 1e-9 for f in g) for g in grids)]
                 curves = [[at(r, column, e) for e in eps] for r in runs]
                 mean = [statistics.mean(c[i] for c in curves) for i in range(len(eps))]
-                line, = ax.plot(eps, mean, lw=2, marker="." if kind == "pgd" else None,
+                line, = ax.plot(eps, mean, lw=2, marker="." if (kind == "pgd" or len(runs) > 1) else None,
                                 label=f"{method} (n = {len(runs)})")
                 if len(runs) > 1:
                     ax.fill_between(eps, [min(c[i] for c in curves) for i in range(len(eps))],
                                     [max(c[i] for c in curves) for i in range(len(eps))],
                                     color=line.get_color(), alpha=0.2)
+                    for r, grid in zip(runs, grids):
+                        if len(grid) > len(eps):
+                            ax.plot(grid, [at(r, column, e) for e in grid], lw=0.8, color=line.get_color(),
+                                    alpha=0.7, label=f"{method}, seed {r['seed']} alone")
             ax.set_xlabel(r"$\epsilon_{eval}$ ($\ell_\infty$, pixels in [0, 1])")
             ax.set_ylabel(ylabel)
             ax.set_ylim(0, 101)
