@@ -299,9 +299,7 @@ class IntervalPass:
         if self._state is None:
             return self._net._bounds(self._graph, self._x, self._radii, self._lo, self._hi, C, method, beta,
                                      bound_upper, self._backend, None, self._allow_tf32)
-        if C is not None:
-            check_spec(C, self._x, math.prod(self._net._shapes(self._graph, self._x)[self._graph.output]))
-        with strict_float32(not self._allow_tf32):
+        with strict_float32(not self._allow_tf32):  # _bounds_strict checks C
             return self._net._bounds_strict(self._graph, self._x, self._radii, self._lo, self._hi, C, method, beta,
                                             bound_upper, self._backend, None, self._state)
 
