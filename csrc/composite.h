@@ -624,6 +624,19 @@ struct Ops {
                 ", ", weight.sizes());
   }
 
+  // Lambda back through conv2d(., W): the transposed convolution, in the kernels' layout.
+  static Tensor conv_transpose(const Tensor& z4, const Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, at::IntArrayRef output_padding) {
+    if constexpr (kCL) {  // CPU: oneDNN is slow when the output has few channels (the input image)
+      if (weight.size(1) <= K::kFewChannels && is_cl_block(z4)) {
+        return K::conv_transpose_few_channels(z4, weight, stride, padding, dilation, output_padding);
+      }
+    }
+    Tensor out = at::conv_transpose2d(conv_operand(z4, kCL), weight_layout(weight, kCL), {}, stride, padding,
+                                      output_padding, 1, dilation);
+    return to_layout(out, kCL);
+  }
+
   static Tensor2 crown_conv2d_step(const Tensor& lam, const OptTensor& lower, const OptTensor& upper,
                                    const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -643,9 +656,7 @@ struct Ops {
       z = to_layout(lam, kCL);
       bterm = bias ? at::matmul(z.sum({-2, -1}), *bias) : at::zeros({lam.size(0), B, Kr}, lam.options());
     }
-    Tensor lam_in = at::conv_transpose2d(conv_operand(z.flatten(0, 2), kCL), weight_layout(weight, kCL), {}, stride, padding,
-                                         output_padding, 1, dilation);
-    lam_in = to_layout(lam_in, kCL);
+    Tensor lam_in = conv_transpose(z.flatten(0, 2), weight, stride, padding, dilation, output_padding);
     return {lam_in.unflatten(0, {z.size(0), B, Kr}), bterm};
   }
 

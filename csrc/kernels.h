@@ -58,6 +58,14 @@ struct Geom {
 struct CpuKernels {
   static constexpr bool channels_last = true;
   GMBOUND_KERNEL_DECLS
+  // Transposed convolution whose output has few channels (CROWN's step back to the input image:
+  // Lambda [R, C_out, H, W] -> [R, C_in <= kFewChannels, H_in, W_in]), which oneDNN runs at a
+  // small fraction of its usual speed. z: channels-last blocks; weight [C_out, C_in, kh, kw];
+  // returns channels-last [R, C_in, H_in, W_in] (H_in, W_in from output_padding as in ATen).
+  static constexpr int64_t kFewChannels = 4;
+  static at::Tensor conv_transpose_few_channels(const at::Tensor& z, const at::Tensor& weight,
+                                                at::IntArrayRef stride, at::IntArrayRef padding,
+                                                at::IntArrayRef dilation, at::IntArrayRef output_padding);
 };
 
 struct CudaKernels {

@@ -287,6 +287,38 @@ def test_concretize(device, dtype, case, relu_input, shared):
                             [lam, lower, upper], device, dtype)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cin, k, s, p, d", [(1, (4, 4), (2, 2), (0, 0), (1, 1)),   # DM-small's input layer
+                                             (3, (3, 3), (1, 1), (1, 1), (1, 1)),   # CIFAR's
+                                             (4, (3, 2), (2, 1), (1, 0), (1, 2)),
+                                             (5, (3, 3), (1, 1), (1, 1), (1, 1))])  # oneDNN's path
+def test_crown_conv2d_step_into_few_channels_many_rows(cin, k, s, p, d, threads):
+    """The CPU step back to a layer of few channels (its own GEMM + col2im) over many rows: the
+    rows span several of its chunks and threads; values and gradients against the reference."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n, b, cout, h, w_ = 3, 5, 6, 29, 28  # 169 to 812 positions: chunks of 2 to 24 rows
+        (ho, wo), out_pad = conv_geometry(h, w_, k, s, p, d)
+        g = gen(31 * cin + threads)
+        lower, upper = rand_bounds(g, n, b, cout, ho, wo)
+        lam = rand_lam(g, n, b, 4, cout, ho, wo)  # 60 rows
+        w, bias = randn(g, cout, cin, *k), randn(g, cout)
+
+        def ref(lam, lower, upper, w, bias):
+            lam, term = R.relu_backward(lam, lower, upper)
+            lam, t2 = R.conv2d_backward(lam, w, bias, s, p, d, out_pad)
+            return lam, term + t2
+
+        def cmp(lam, lower, upper, w, bias):
+            return ops.crown_conv2d_step(lam, lower, upper, w, bias, list(s), list(p), list(d), list(out_pad))
+
+        for dtype in DTYPES:
+            check_against_reference(cmp, ref, [lam, lower, upper, w, bias], "cpu", dtype)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_channels_last_inputs_give_the_same_results():
     """Bounds and Lambda may arrive in either memory layout (the CPU kernels keep conv tensors channels-last)."""
     g = gen(7)

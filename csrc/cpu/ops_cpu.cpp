@@ -443,6 +443,75 @@ void CpuKernels::concretize_backward(const at::Tensor& g_out, const at::Tensor& 
   });
 }
 
+// ------------------------------------------------------------------------------- few-channel transposed convolution
+// A[ci, oy, ox] = sum_{co, ky, kx} z[co, iy, ix] W[co, ci, ky, kx] over oy = iy s - p + ky d (and x
+// alike). In two passes per chunk of rows: P = z W as one GEMM ([rows * H * W, C_out] x [C_out,
+// kh * kw * C_in], MKL at full speed: z's channels-last rows are already that matrix), then each
+// input position's kh * kw * C_in products are added into the output pixels they reach (col2im).
+// Chunks keep P in cache; rows are independent, so the sum order is fixed (deterministic).
+template <typename T>
+void fold_products(const T* P, T* A, int64_t rows, int64_t Ci, int64_t Hi, int64_t Wi, int64_t Ho, int64_t Wo,
+                   const int64_t* k, const int64_t* s, const int64_t* p, const int64_t* d) {
+  const int64_t taps = Ci * k[0] * k[1];
+  for (int64_t r = 0; r < rows; ++r) {
+    T* a = A + r * Ho * Wo * Ci;
+    std::fill(a, a + Ho * Wo * Ci, T(0));
+    const T* pr = P + r * Hi * Wi * taps;
+    for (int64_t iy = 0; iy < Hi; ++iy) {
+      for (int64_t ix = 0; ix < Wi; ++ix) {
+        const T* pp = pr + (iy * Wi + ix) * taps;  // [ky][kx][ci]
+        for (int64_t ky = 0; ky < k[0]; ++ky) {
+          const int64_t oy = iy * s[0] - p[0] + ky * d[0];
+          if (oy < 0 || oy >= Ho) continue;
+          for (int64_t kx = 0; kx < k[1]; ++kx) {
+            const int64_t ox = ix * s[1] - p[1] + kx * d[1];
+            if (ox < 0 || ox >= Wo) continue;
+            T* ao = a + (oy * Wo + ox) * Ci;
+            const T* pk = pp + (ky * k[1] + kx) * Ci;
+            for (int64_t ci = 0; ci < Ci; ++ci) ao[ci] += pk[ci];
+          }
+        }
+      }
+    }
+  }
+}
+
+at::Tensor CpuKernels::conv_transpose_few_channels(const at::Tensor& z, const at::Tensor& weight,
+                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation, at::IntArrayRef output_padding) {
+  TORCH_CHECK(z.dim() == 4 && weight.dim() == 4 && z.size(1) == weight.size(0) && weight.size(1) <= kFewChannels,
+              "gmbound: conv_transpose_few_channels: z ", z.sizes(), " and weight ", weight.sizes(), " do not fit");
+  TORCH_CHECK(z.device().is_cpu() && weight.device().is_cpu() && z.scalar_type() == weight.scalar_type(),
+              "gmbound: conv_transpose_few_channels: z and weight must be CPU tensors of one dtype");
+  const int64_t R = z.size(0), Co = z.size(1), Hi = z.size(2), Wi = z.size(3), Ci = weight.size(1);
+  const int64_t k[2] = {weight.size(2), weight.size(3)};
+  const int64_t s[2] = {stride[0], stride[1]}, p[2] = {padding[0], padding[1]}, d[2] = {dilation[0], dilation[1]};
+  const int64_t Ho = (Hi - 1) * s[0] - 2 * p[0] + d[0] * (k[0] - 1) + output_padding[0] + 1;
+  const int64_t Wo = (Wi - 1) * s[1] - 2 * p[1] + d[1] * (k[1] - 1) + output_padding[1] + 1;
+  const int64_t taps = Ci * k[0] * k[1];
+  // [C_out, ky, kx, C_in]: P's columns in the order the fold reads them
+  const at::Tensor wmat = weight.permute({0, 2, 3, 1}).reshape({Co, taps}).contiguous();
+  const at::Tensor zmat = z.permute({0, 2, 3, 1}).reshape({R * Hi * Wi, Co});  // a view of channels-last z
+  at::Tensor out = at::empty({R, Ci, Ho, Wo}, z.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (R == 0) return out;
+  const int64_t chunk = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, Hi * Wi * taps));  // P: <= 256 KB fp32
+  at::parallel_for(0, R, chunk, [&](int64_t begin, int64_t end) {
+    // OpenMP workers do not inherit the caller's dispatch state: below autograd here as there
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor buf = at::empty({std::min(chunk, end - begin) * Hi * Wi, taps}, z.options());
+    for (int64_t r0 = begin; r0 < end; r0 += chunk) {
+      const int64_t rows = std::min(chunk, end - r0);
+      at::Tensor prod = buf.narrow(0, 0, rows * Hi * Wi);
+      at::mm_out(prod, zmat.narrow(0, r0 * Hi * Wi, rows * Hi * Wi), wmat);
+      AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "gmbound_conv_transpose_few_channels_cpu", [&] {
+        fold_products<scalar_t>(prod.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>() + r0 * Ci * Ho * Wo,
+                                rows, Ci, Hi, Wi, Ho, Wo, k, s, p, d);
+      });
+    }
+  });
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(gmbound, CPU, m) { register_ops<CpuKernels>(m); }
 
 }  // namespace gmbound
