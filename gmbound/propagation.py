@@ -21,6 +21,7 @@ import torch
 from . import memory
 from .graph import BoundGraph
 from .ops.base import Interval, Shape, materialise
+from .ops.shape import FlattenOp
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -74,7 +75,11 @@ def backward(graph: BoundGraph, shapes: list[Shape], start: int, lam: torch.Tens
                 and hasattr(graph.nodes[below].op, "fused_args") and len(graph.users[below]) == 1):
             # ReLU and the affine op below it (whose only consumer it is) in one step
             args = graph.nodes[below].op.fused_args(shapes[graph.nodes[below].inputs[0]], shapes[below])
-            lam_in, term = fused(lam, *pre_relu[i], *args)
+            image = _flattened_image(graph, shapes, graph.nodes[below].inputs[0], stop) if args[2] is None else None
+            if image is not None:  # Lambda straight onto the image the Flatten reads, in the kernels' layout
+                lam_in, term = fused(lam, *pre_relu[i], *args, unflatten=image)
+            else:
+                lam_in, term = fused(lam, *pre_relu[i], *args)
             lams, inputs = [lam_in], graph.nodes[below].inputs
         else:
             lams, term = op.backward(prims, lam, [shapes[j] for j in node.inputs], shapes[i], pre_relu.get(i))
@@ -84,6 +89,15 @@ def backward(graph: BoundGraph, shapes: list[Shape], start: int, lam: torch.Tens
         if term is not None:
             bias = bias + term
     return reached, bias
+
+
+def _flattened_image(graph: BoundGraph, shapes: list[Shape], node: int, stop: set[int]) -> Optional[Shape]:
+    """``(C, H, W)`` when ``node`` only flattens a ``[C, H, W]`` image for one consumer (and is no stop)."""
+    op = graph.nodes[node].op
+    if node == 0 or node in stop or not isinstance(op, FlattenOp) or len(graph.users[node]) != 1:
+        return None
+    image = shapes[graph.nodes[node].inputs[0]]
+    return tuple(image) if len(image) == 3 else None
 
 
 def _concretize(reached: dict[int, torch.Tensor], values: dict[int, Interval], prims) -> torch.Tensor:

@@ -243,3 +243,31 @@ def test_inference_mode():
     b = bnet.bounds(x, [0.05, 0.1], method="crown-ibp", x_min=0.0, x_max=1.0, backend="reference")
     torch.testing.assert_close(a.lower, b.lower.detach(), **TIGHT)
     torch.testing.assert_close(a.upper, b.upper.detach(), **TIGHT)
+
+
+@pytest.mark.parametrize("out_features", [7, 400])  # fewer / more weight rows than Lambda rows (96)
+def test_lambda_onto_a_flattened_image_comes_channels_last(out_features):
+    """A ReLU + Linear step whose Linear reads a flattened [C, H, W] image: Lambda comes back on the
+    image, equal to the reference's, and (when the weight is the smaller copy) in channels-last blocks,
+    so the convolution step below needs no copy of it."""
+    from gmbound.engine import compiled
+    g = torch.Generator().manual_seed(11)
+    c, h, w = 5, 4, 3
+    lam = torch.randn(1, 4, 6, out_features, generator=g, dtype=torch.float64, requires_grad=True)
+    lower = torch.randn(4, 4, out_features, generator=g, dtype=torch.float64)
+    upper = lower + torch.rand(4, 4, out_features, generator=g, dtype=torch.float64)
+    weight = torch.randn(out_features, c * h * w, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(out_features, generator=g, dtype=torch.float64)
+    got, term = compiled.relu_affine_backward(lam, lower, upper, weight, bias, None, unflatten=(c, h, w))
+    ref_lam, ref_term = R.relu_backward(lam, lower, upper)
+    ref_lam, t2 = R.linear_backward(ref_lam, weight, bias)
+    ref_lam = ref_lam.unflatten(-1, (c, h, w))
+    assert got.shape == (4, 4, 6, c, h, w)
+    torch.testing.assert_close(got, ref_lam, **TIGHT)
+    torch.testing.assert_close(term, ref_term + t2, **TIGHT)
+    assert got.flatten(0, 2).is_contiguous(memory_format=torch.channels_last) == (out_features <= 96)
+    probe = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    g_got = torch.autograd.grad((got * probe).sum() + term.sum(), (lam, weight))
+    g_ref = torch.autograd.grad((ref_lam * probe).sum() + (ref_term + t2).sum(), (lam, weight))
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, **TIGHT)

@@ -116,12 +116,13 @@ def conv2d_backward(lam, weight, bias, stride, padding, dilation, output_padding
     return lam_in, (term if bias is not None else None)
 
 
-def relu_affine_backward(lam, lower, upper, weight, bias, conv=None):
+def relu_affine_backward(lam, lower, upper, weight, bias, conv=None, unflatten=None):
     """A ReLU (pre-activation bounds ``[lower, upper]``) and the Linear / Conv2d below it, in one step.
 
     ``conv``: None for a Linear layer, else ``(stride, padding, dilation, output_padding)`` of the
     convolution. Returns Lambda on the affine op's input and the bias term, as the two reference
-    steps together do.
+    steps together do. ``unflatten=(C, H, W)`` (a Linear reading a flattened image): Lambda comes
+    back as ``[M, B, K, C, H, W]``, on CPU in the channels-last blocks the convolution kernels work in.
     """
     if not _kernels_take(lam):
         lam, term = _ref.relu_backward(lam, lower, upper)
@@ -129,12 +130,34 @@ def relu_affine_backward(lam, lower, upper, weight, bias, conv=None):
             lam, t2 = _ref.linear_backward(lam, weight, bias)
         else:
             lam, t2 = _ref.conv2d_backward(lam, weight, bias, *conv)
+        lam = lam if unflatten is None else lam.unflatten(-1, tuple(unflatten))
         return lam, (term if t2 is None else term + t2)
     if conv is None:
-        return _ops.crown_linear_step(lam, lower, upper, weight, bias)
+        if unflatten is None:
+            return _ops.crown_linear_step(lam, lower, upper, weight, bias)
+        return _linear_step_unflattened(lam, lower, upper, weight, bias, tuple(unflatten))
     stride, padding, dilation, out_pad = conv
     return _ops.crown_conv2d_step(lam, lower, upper, weight, bias, list(stride), list(padding), list(dilation),
                                   list(out_pad))
+
+
+def _linear_step_unflattened(lam, lower, upper, weight, bias, chw: tuple[int, int, int]):
+    """``crown_linear_step`` whose Lambda lands on a flattened image ``[C, H, W]``, as ``[..., C, H, W]``.
+
+    The CPU convolution steps below work on channels-last blocks: a Lambda in the flattened
+    (c, h, w) order would be copied into that layout on the way down and its gradient copied back
+    on the way up (three copies of the largest Lambda of the step). Instead the weight's columns are
+    put in (h, w, c) order, so the product itself comes out channels-last (a view, no copy). That
+    costs a copy of the weight, so it is done when the weight has no more entries than the Lambda.
+    """
+    c, h, w = chw
+    rows = lam.shape[1] * lam.shape[2] * (lower.shape[0] if lower is not None else lam.shape[0])
+    if lam.device.type != "cpu" or c <= 1 or weight.shape[0] > rows:
+        lam_in, term = _ops.crown_linear_step(lam, lower, upper, weight, bias)
+        return lam_in.unflatten(-1, chw), term
+    w_hwc = weight.unflatten(1, chw).permute(0, 2, 3, 1).flatten(1)
+    lam_in, term = _ops.crown_linear_step(lam, lower, upper, w_hwc, bias)
+    return lam_in.unflatten(-1, (h, w, c)).permute(0, 1, 2, 5, 3, 4), term
 
 
 def concretize(lam, lower, upper, relu_input):

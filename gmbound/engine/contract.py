@@ -55,8 +55,11 @@ class FusedPrimitives(Primitives, Protocol):
     """Optional extension: the CROWN step through a ReLU and the Linear / Conv2d below it at once.
 
     The drivers use it when a primitive set has it (``hasattr``); it must equal ``relu_backward``
-    followed by ``linear_backward`` / ``conv2d_backward`` (bias terms summed).
+    followed by ``linear_backward`` / ``conv2d_backward`` (bias terms summed). With ``unflatten =
+    (C, H, W)`` (a Linear layer that reads a flattened image) Lambda is returned as ``[M, B, K, C, H,
+    W]``, in whatever memory layout suits the set's convolution steps.
     """
 
     def relu_affine_backward(self, lam: Tensor, lower: Tensor, upper: Tensor, weight: Tensor,
-                             bias: Optional[Tensor], conv: ConvGeometry = None) -> Pair: ...
+                             bias: Optional[Tensor], conv: ConvGeometry = None,
+                             unflatten: Optional[tuple[int, int, int]] = None) -> Pair: ...
