@@ -319,6 +319,35 @@ def test_crown_conv2d_step_into_few_channels_many_rows(cin, k, s, p, d, threads)
         torch.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_step_bias_gradient_without_the_weight_gradient(layer):
+    """Only the bias asks for a gradient (a frozen weight): the kernel then sums g_bias * z without
+    writing z; the result equals the reference's."""
+    g = gen(5 if layer == "linear" else 6)
+    if layer == "linear":
+        lower, upper = rand_bounds(g, 3, 2, 7)
+        lam, w, b = rand_lam(g, 3, 2, 4, 7), randn(g, 7, 5), randn(g, 7)
+        step = lambda lam, lo, up, w, b: ops.crown_linear_step(lam, lo, up, w, b)  # noqa: E731
+        affine = lambda lam, w, b: R.linear_backward(lam, w, b)  # noqa: E731
+    else:
+        (ho, wo), out_pad = conv_geometry(7, 6, (3, 3), (2, 1), (1, 0), (1, 1))
+        lower, upper = rand_bounds(g, 3, 2, 4, ho, wo)
+        lam, w, b = rand_lam(g, 3, 2, 4, 4, ho, wo), randn(g, 4, 3, 3, 3), randn(g, 4)
+        step = lambda lam, lo, up, w, b: ops.crown_conv2d_step(lam, lo, up, w, b, [2, 1], [1, 0], [1, 1],  # noqa: E731
+                                                               list(out_pad))
+        affine = lambda lam, w, b: R.conv2d_backward(lam, w, b, (2, 1), (1, 0), (1, 1), out_pad)  # noqa: E731
+    ref_bias = b.clone().requires_grad_()
+    lam_r, t_relu = R.relu_backward(lam, lower, upper)
+    lam_r, t_aff = affine(lam_r, w, ref_bias)
+    probe = randn(g, *lam_r.shape)
+    (want,) = torch.autograd.grad((lam_r * probe).sum() + (t_relu + t_aff).sum(), ref_bias)
+    for dtype in DTYPES:
+        bias = b.to(dtype).requires_grad_()
+        lam_in, term = step(lam.to(dtype), lower.to(dtype), upper.to(dtype), w.to(dtype), bias)
+        (got,) = torch.autograd.grad((lam_in * probe.to(dtype)).sum() + term.sum(), bias)
+        assert_close(got, want, dtype, "bias gradient")
+
+
 def test_channels_last_inputs_give_the_same_results():
     """Bounds and Lambda may arrive in either memory layout (the CPU kernels keep conv tensors channels-last)."""
     g = gen(7)

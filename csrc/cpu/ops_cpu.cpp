@@ -156,9 +156,10 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
     T* pos = coef.data();
     T* neg = pos + S;
     T* icp = neg + S;
-    std::vector<acc_t> acc(2 * S);
+    std::vector<acc_t> acc((gcb_out ? 3 : 2) * S);
     acc_t* gs = acc.data();
     acc_t* gt = gs + S;
+    acc_t* gzb = gcb_out ? gt + S : nullptr;  // sum over k of g_bias * z, per position (bias gradient)
     std::vector<T> gcol(cb ? S : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n0 = shared ? 0 : task / B, n1 = shared ? N : n0 + 1, b = shared ? task : task % B;
@@ -166,7 +167,7 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
         const int64_t nb = n * B + b, m = M == 1 ? 0 : n;
         const bool accumulate = shared && n > 0;
         relax_coeffs(lo + nb * S, up + nb * S, S, pos, neg, icp);
-        std::fill(gs, gs + 2 * S, acc_t(0));
+        std::fill(gs, gs + (gzb ? 3 : 2) * S, acc_t(0));
         for (int64_t k = 0; k < K; ++k) {
           const T* v = lp + ((m * B + b) * K + k) * S;
           const T* gzr = gzp + (nb * K + k) * S;
@@ -211,27 +212,40 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
           } else {
             step(std::false_type{});
           }
-          if (zp != nullptr || gcb_out != nullptr) {  // z itself (weight gradient), and the bias gradient
-            T* zo = zp ? zp + (nb * K + k) * S : gcol.data();
+          if (zp != nullptr) {  // z itself (for the weight gradient) and g_bias * z (bias gradient)
+            T* zo = zp + (nb * K + k) * S;
+            if (gzb != nullptr) {
 #pragma omp simd
-            for (int64_t s = 0; s < S; ++s) zo[s] = math::relaxed_lam(v[s], pos[s], neg[s]);
-            if (gcb_out != nullptr) {
-              acc_t* gcbl = gcb_rows.data() + task * C;
-              if (cl) {
-                for (int64_t hw = 0; hw < HW; ++hw)
-                  for (int64_t c = 0; c < C; ++c) gcbl[c] += acc_t(gb) * acc_t(zo[hw * C + c]);
-              } else {
-                for (int64_t c = 0; c < C; ++c) {
-                  acc_t sum_c = 0;
-#pragma omp simd reduction(+ : sum_c)
-                  for (int64_t hw = 0; hw < HW; ++hw) sum_c += acc_t(zo[c * HW + hw]);
-                  gcbl[c] += acc_t(gb) * sum_c;
-                }
+              for (int64_t s = 0; s < S; ++s) {
+                zo[s] = math::relaxed_lam(v[s], pos[s], neg[s]);
+                gzb[s] += acc_t(gb * zo[s]);
               }
+            } else {
+#pragma omp simd
+              for (int64_t s = 0; s < S; ++s) zo[s] = math::relaxed_lam(v[s], pos[s], neg[s]);
             }
+          } else if (gzb != nullptr) {
+#pragma omp simd
+            for (int64_t s = 0; s < S; ++s) gzb[s] += acc_t(gb * math::relaxed_lam(v[s], pos[s], neg[s]));
           }
         }
         relax_coeff_grads(lo + nb * S, up + nb * S, gs, gt, S, glo + nb * S, gup + nb * S);
+        if (gzb != nullptr) {  // this (radius, sample)'s bias gradient: the positions of each channel
+          acc_t* gcbl = gcb_rows.data() + task * C;
+          if (cl) {
+            for (int64_t hw = 0; hw < HW; ++hw) {
+#pragma omp simd
+              for (int64_t c = 0; c < C; ++c) gcbl[c] += gzb[hw * C + c];
+            }
+          } else {
+            for (int64_t c = 0; c < C; ++c) {
+              acc_t sum_c = 0;
+#pragma omp simd reduction(+ : sum_c)
+              for (int64_t hw = 0; hw < HW; ++hw) sum_c += gzb[c * HW + hw];
+              gcbl[c] += sum_c;
+            }
+          }
+        }
       }
     }
   });
