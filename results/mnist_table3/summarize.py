@@ -3,6 +3,8 @@
 Run from the repository root after finish_arm.sh:  python3 results/mnist_table3/summarize.py
 Reads results/mnist_table3/<arm>/eval_<arm>.json (arm = eps<E>_<method>[-<variant>]_s<seed>) and
 writes summary.md (tables) and drawdown_eps<E>_verified.png / drawdown_eps<E>_pgd.png here.
+An arm first evaluated on a coarser grid may also hold ``verify_0.01/eval_<arm>.json``: its
+verification redone on the 0.01 grid without PGD; its verified errors are used, PGD from the first run.
 """
 from __future__ import annotations
 
@@ -27,6 +29,23 @@ PAPER = {
 METHODS = ("ibp", "crown-ibp", "gm-crown-ibp")
 
 
+def with_fine_verification(data: dict, fine: dict) -> dict:
+    """One arm's evaluation on its grid, its verification redone on a finer grid without PGD
+    (``verify_0.01/``): the finer grid's verified errors, with PGD where the first run attacked.
+    The two runs must agree where their radii meet (same model, deterministic bounds)."""
+    assert fine["pgd"]["steps"] == 0, "the fine re-run is verification only"
+    for i, e in enumerate(data["eps"]):
+        j = next(j for j, f in enumerate(fine["eps"]) if abs(e - f) < 1e-9)
+        for col in data["verified_error"]:
+            assert abs(data["verified_error"][col][i] - fine["verified_error"][col][j]) < 1e-9, (e, col)
+    assert abs(data["standard_error"] - fine["standard_error"]) < 1e-9
+    pgd = {round(e, 9): v for e, v in zip(data["eps"], data["pgd_error"]) if v is not None}
+    merged = dict(fine)
+    merged["pgd_error"] = [pgd.get(round(e, 9)) for e in fine["eps"]]
+    merged["pgd"] = data["pgd"]
+    return merged
+
+
 def load_arms() -> dict[tuple[str, str], list[dict]]:
     """(eps_train, method[-variant]) -> eval JSONs, one per seed."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -36,6 +55,9 @@ def load_arms() -> dict[tuple[str, str], list[dict]]:
         if not m or not files:
             continue
         data = json.loads(files[0].read_text())
+        fine = list((folder / "verify_0.01").glob("eval_*.json"))
+        if fine:
+            data = with_fine_verification(data, json.loads(fine[0].read_text()))
         data["seed"] = int(m["seed"])
         key = m["method"] + (f"-{m['variant']}" if m["variant"] else "")
         groups[(m["eps"], key)].append(data)
