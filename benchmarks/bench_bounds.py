@@ -49,7 +49,7 @@ from typing import Callable, Optional
 import torch
 
 import gmbound
-from gmbound import _extension
+from gmbound import _extension, cpu_allocator
 from gmbound.engine import compiled_available
 from gmbound.losses import gm_radii
 from gmbound.models import build_model
@@ -511,11 +511,15 @@ def main(argv=None) -> int:
                    help="FP32 peak to compare with (default: threads x FLOP/cycle x clock from /proc/cpuinfo)")
     p.add_argument("--flops-per-cycle", type=float, default=None,
                    help="FP32 FLOP per cycle per core for the peak (default: 32 with AVX2/AVX-512 on 256-bit pipes)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="CPU: let glibc keep freed memory for reuse, as `gmbound train` does "
+                        "(gmbound.cpu_allocator); off by default, as a program using the library gets it")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = args.keep_freed_memory and device.type == "cpu" and cpu_allocator.keep_freed_memory()
     if args.quick:
         args.models, args.n_radii, args.repeats = ["dm-small"], [1, 4], 1
         args.batch = args.batch or 2
@@ -531,6 +535,8 @@ def main(argv=None) -> int:
     ext = "loaded" if _extension.available() else f"missing ({_extension.unavailable_reason()})"
     print(f"extension gmbound._C: {ext}; backends: {', '.join(backends)}")
     print(f"batch {batch}, repeats {args.repeats} (median), float32, eps: MNIST 0.3, CIFAR 8/255, clipped to [0, 1]")
+    if device.type == "cpu":
+        print(f"freed memory kept for reuse (gmbound.cpu_allocator): {'yes' if kept else 'no'}")
     if os.cpu_count() and device.type == "cpu":
         try:
             print(f"load average at start: {os.getloadavg()[0]:.2f}")

@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",            # auto (cuda when available), cpu, cuda, or cuda:<index>
     "threads": None,             # torch CPU threads (None: torch's default); 1 is faster on shared cores
+    "keep_freed_memory": True,   # on CPU, glibc keeps freed memory for reuse (gmbound.cpu_allocator)
     "data": {
         "name": "embedded-mnist",
         "dir": None,             # torchvision layout; not needed for embedded-mnist
@@ -131,7 +132,8 @@ _TYPES: dict[str, tuple] = {
 
 # Keys that may change between a run and its resumption without changing the result.
 RESUME_MUTABLE = ("train.epochs", "train.progress", "train.tensorboard", "train.keep_checkpoints",
-                  "data.dir", "data.download", "data.num_workers", "device", "out_dir", "threads")
+                  "data.dir", "data.download", "data.num_workers", "device", "out_dir", "threads",
+                  "keep_freed_memory")
 
 
 # ----------------------------------------------------------------------------- flat views

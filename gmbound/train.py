@@ -41,6 +41,7 @@ from .checkpoint import (CHECKPOINT_NAME, FORMAT, VERSION, atomic_save, capture_
                          load_scheduler_state, remove_stale_temporaries, restore_rng, scheduler_state,
                          with_digest)
 from .config import ConfigError, config_diff, dump_yaml, out_dir as config_out_dir
+from .cpu_allocator import keep_freed_memory
 from .data import DATASET_INFO, make_loaders
 from .losses import GMLossResult, gm_loss
 from .models import build_model
@@ -341,6 +342,8 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
     device = pre_device
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    elif cfg["keep_freed_memory"]:
+        keep_freed_memory()  # bound steps reallocate Lambda-sized blocks every step (see cpu_allocator)
     folder = config_out_dir(cfg)
     ckpt_path = folder / CHECKPOINT_NAME
     lock = None
