@@ -22,8 +22,6 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 2 ** 30      # blocks up to 1 GiB come from the heap and are reused
 TRIM_THRESHOLD_BYTES = 2 ** 31 - 1  # never shrink the heap (mallopt takes an int)
 
-_applied = False
-
 
 def _libc() -> Optional[ctypes.CDLL]:
     name = ctypes.util.find_library("c")
@@ -39,16 +37,8 @@ def keep_freed_memory() -> bool:
 
     False (and nothing changed) where the C library is not glibc (macOS, musl, Windows).
     """
-    global _applied
     libc = _libc()
     if libc is None:
         return False
     ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-    ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok
-    _applied = _applied or ok
-    return ok
-
-
-def applied() -> bool:
-    """Whether :func:`keep_freed_memory` has changed this process's settings."""
-    return _applied
+    return libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok

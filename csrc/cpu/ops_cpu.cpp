@@ -509,19 +509,20 @@ at::Tensor CpuKernels::conv_transpose_few_channels(const at::Tensor& z, const at
   at::Tensor out = at::empty({R, Ci, Ho, Wo}, z.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (R == 0) return out;
   const int64_t chunk = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, Hi * Wi * taps));  // P: <= 256 KB fp32
-  at::parallel_for(0, R, chunk, [&](int64_t begin, int64_t end) {
-    // OpenMP workers do not inherit the caller's dispatch state: below autograd here as there
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor buf = at::empty({std::min(chunk, end - begin) * Hi * Wi, taps}, z.options());
-    for (int64_t r0 = begin; r0 < end; r0 += chunk) {
-      const int64_t rows = std::min(chunk, end - r0);
-      at::Tensor prod = buf.narrow(0, 0, rows * Hi * Wi);
-      at::mm_out(prod, zmat.narrow(0, r0 * Hi * Wi, rows * Hi * Wi), wmat);
-      AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "gmbound_conv_transpose_few_channels_cpu", [&] {
-        fold_products<scalar_t>(prod.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>() + r0 * Ci * Ho * Wo,
-                                rows, Ci, Hi, Wi, Ho, Wo, k, s, p, d);
-      });
-    }
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "gmbound_conv_transpose_few_channels_cpu", [&] {
+    scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, R, chunk, [&](int64_t begin, int64_t end) {
+      // OpenMP workers do not inherit the caller's dispatch state: below autograd here as there
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      at::Tensor buf = at::empty({std::min(chunk, end - begin) * Hi * Wi, taps}, z.options());
+      for (int64_t r0 = begin; r0 < end; r0 += chunk) {
+        const int64_t rows = std::min(chunk, end - r0);
+        at::Tensor prod = buf.narrow(0, 0, rows * Hi * Wi);
+        at::mm_out(prod, zmat.narrow(0, r0 * Hi * Wi, rows * Hi * Wi), wmat);
+        fold_products<scalar_t>(prod.const_data_ptr<scalar_t>(), out_p + r0 * Ci * Ho * Wo, rows, Ci, Hi, Wi, Ho,
+                                Wo, k, s, p, d);
+      }
+    });
   });
   return out;
 }
