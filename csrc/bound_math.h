@@ -95,12 +95,10 @@ GMBOUND_HD T relaxed_lam_grad(T x, T g, T gb, T pos, T neg, T icp) {
 //                               dL/du = (gs - gt l) / (u - l) - (gs - gt l) u / (u - l)^2
 template <typename T, typename A>
 GMBOUND_HD void relu_relaxation_grads(T lo, T up, A gs, A gt, T& gl, T& gu) {
-  if (!(lo < T(0) && up > T(0))) {  // not unstable: slope and intercept are constants
-    gl = T(0);
-    gu = T(0);
-    return;
-  }
-  const T denom = up - lo;
+  // Branch-free (the CPU loop over a block vectorises): stable neurons compute with a stand-in
+  // denominator of 1 and are then given 0.
+  const bool unstable = lo < T(0) && up > T(0);
+  const T denom = unstable ? up - lo : T(1);
   const T chord = up / denom;
   const A g_chord = gs - gt * A(lo);
   A g_l = -gt * A(chord);
@@ -108,8 +106,8 @@ GMBOUND_HD void relu_relaxation_grads(T lo, T up, A gs, A gt, T& gl, T& gu) {
   const A g_den = -g_chord * A(up) / (A(denom) * A(denom));
   g_u += g_den;
   g_l -= g_den;
-  gl = static_cast<T>(g_l);
-  gu = static_cast<T>(g_u);
+  gl = unstable ? static_cast<T>(g_l) : T(0);
+  gu = unstable ? static_cast<T>(g_u) : T(0);
 }
 
 // --------------------------------------------------------------------------- concretisation

@@ -291,6 +291,8 @@ def test_concretize(device, dtype, case, relu_input, shared):
 @pytest.mark.parametrize("cin, k, s, p, d", [(1, (4, 4), (2, 2), (0, 0), (1, 1)),   # DM-small's input layer
                                              (3, (3, 3), (1, 1), (1, 1), (1, 1)),   # CIFAR's
                                              (4, (3, 2), (2, 1), (1, 0), (1, 2)),
+                                             (1, (3, 3), (2, 2), (1, 1), (1, 1)),   # 1 channel, padded
+                                             (2, (5, 3), (3, 2), (2, 1), (2, 1)),
                                              (5, (3, 3), (1, 1), (1, 1), (1, 1))])  # oneDNN's path
 def test_crown_conv2d_step_into_few_channels_many_rows(cin, k, s, p, d, threads):
     """The CPU step back to a layer of few channels (its own GEMM + col2im) over many rows: the

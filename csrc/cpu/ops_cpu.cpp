@@ -90,6 +90,18 @@ inline void relax_coeff_grads(const T* l, const T* u, const A* gs, const A* gt, 
   for (int64_t s = 0; s < S; ++s) math::relu_relaxation_grads(l[s], u[s], gs[s], gt[s], gl[s], gu[s]);
 }
 
+// The affine layer's bias spread over the block's positions, bias[channel(s)] for every s, so
+// relax_backward adds g_bias * bias to the gradient reaching z in its main pass.
+template <typename T>
+std::vector<T> bias_per_position(const T* cb, Geom geom) {
+  std::vector<T> out(cb != nullptr ? geom.C * geom.HW : 0);
+  if (cb == nullptr) return out;
+  for (int64_t c = 0; c < geom.C; ++c) {
+    for (int64_t hw = 0; hw < geom.HW; ++hw) out[geom.channels_last ? hw * geom.C + c : c * geom.HW + hw] = cb[c];
+  }
+  return out;
+}
+
 template <typename T>
 void relax_forward_impl(const T* lp, const T* lo, const T* up, const T* cb, Geom geom, T* zp, T* bp,
                         const Dims& d) {
@@ -138,6 +150,10 @@ void relax_forward_impl(const T* lp, const T* lo, const T* up, const T* cb, Geom
   });
 }
 
+// Positions per block of relax_backward: the block's coefficients and its (double) gradient
+// accumulators, ~40 bytes a position, stay in L1 while the K rows of Lambda stream past.
+constexpr int64_t kRelaxBlock = 512;
+
 template <typename T>
 void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, const T* gbp, const T* cb, Geom geom,
                          T* glam, T* glo, T* gup, T* zp, T* gcb_out, const Dims& d) {
@@ -148,88 +164,83 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
   // sample then, and no two tasks write the same row.
   const bool shared = M == 1 && N > 1;
   const int64_t tasks = shared ? B : N * B;
+  const std::vector<T> cb_pos = bias_per_position(cb, geom);
   // The bias gradient: each task's partial sums in its own row, added up in task order afterwards,
   // so the result does not depend on how the tasks were spread over the threads (deterministic).
   std::vector<acc_t> gcb_rows(gcb_out ? tasks * C : 0, acc_t(0));
   at::parallel_for(0, tasks, row_grain((shared ? N : 1) * K * S), [&](int64_t begin, int64_t end) {
-    std::vector<T> coef(3 * S);
+    std::vector<T> coef(3 * kRelaxBlock);
     T* pos = coef.data();
-    T* neg = pos + S;
-    T* icp = neg + S;
-    std::vector<acc_t> acc((gcb_out ? 3 : 2) * S);
+    T* neg = pos + kRelaxBlock;
+    T* icp = neg + kRelaxBlock;
+    std::vector<acc_t> acc(2 * kRelaxBlock + (gcb_out ? S : 0));
     acc_t* gs = acc.data();
-    acc_t* gt = gs + S;
-    acc_t* gzb = gcb_out ? gt + S : nullptr;  // sum over k of g_bias * z, per position (bias gradient)
-    std::vector<T> gcol(cb ? S : 0);
+    acc_t* gt = gs + kRelaxBlock;
+    acc_t* gzb = gcb_out ? gt + kRelaxBlock : nullptr;  // sum over k of g_bias * z, per position (bias gradient)
+    // One row of one block: the gradient reaching z is g (from the product below) plus g_bias times
+    // the bias of its channel; lam^+ = clamp_min(lam, 0) and lam^- = clamp_max(lam, 0) pass no
+    // gradient at lam = 0.
+    auto step = [&](const T* v, const T* g, const T* cbp, T gb, T* gl, int64_t SB, auto accumulate, auto with_bias) {
+#pragma omp simd
+      for (int64_t s = 0; s < SB; ++s) {
+        const T x = v[s];
+        T gg = g[s];
+        if constexpr (decltype(with_bias)::value) gg += gb * cbp[s];
+        const T xn = math::neg_part(x);
+        const T r = math::relaxed_lam_grad(x, gg, gb, pos[s], neg[s], icp[s]);
+        if constexpr (decltype(accumulate)::value) {
+          gl[s] += r;
+        } else {
+          gl[s] = r;
+        }
+        gs[s] += acc_t(gg * xn);
+        gt[s] += acc_t(gb * xn);
+      }
+    };
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n0 = shared ? 0 : task / B, n1 = shared ? N : n0 + 1, b = shared ? task : task % B;
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t nb = n * B + b, m = M == 1 ? 0 : n;
         const bool accumulate = shared && n > 0;
-        relax_coeffs(lo + nb * S, up + nb * S, S, pos, neg, icp);
-        std::fill(gs, gs + (gzb ? 3 : 2) * S, acc_t(0));
-        for (int64_t k = 0; k < K; ++k) {
-          const T* v = lp + ((m * B + b) * K + k) * S;
-          const T* gzr = gzp + (nb * K + k) * S;
-          T* gl = glam + ((m * B + b) * K + k) * S;
-          const T gb = gbp[nb * K + k];
-          // the gradient reaching z: from the product below, plus g_bias * bias[channel]
-          const T* g = gzr;
-          if (cb != nullptr) {
-            T* gc = gcol.data();
-            if (cl) {
-              for (int64_t hw = 0; hw < HW; ++hw) {
-#pragma omp simd
-                for (int64_t c = 0; c < C; ++c) gc[hw * C + c] = gzr[hw * C + c] + gb * cb[c];
-              }
+        if (gzb != nullptr) std::fill(gzb, gzb + S, acc_t(0));
+        for (int64_t s0 = 0; s0 < S; s0 += kRelaxBlock) {
+          const int64_t SB = std::min(kRelaxBlock, S - s0);
+          relax_coeffs(lo + nb * S + s0, up + nb * S + s0, SB, pos, neg, icp);
+          std::fill(gs, gs + 2 * kRelaxBlock, acc_t(0));
+          const T* cbp = cb != nullptr ? cb_pos.data() + s0 : nullptr;
+          for (int64_t k = 0; k < K; ++k) {
+            const T* v = lp + ((m * B + b) * K + k) * S + s0;
+            const T* g = gzp + (nb * K + k) * S + s0;
+            T* gl = glam + ((m * B + b) * K + k) * S + s0;
+            const T gb = gbp[nb * K + k];
+            if (accumulate) {
+              cb != nullptr ? step(v, g, cbp, gb, gl, SB, std::true_type{}, std::true_type{})
+                            : step(v, g, cbp, gb, gl, SB, std::true_type{}, std::false_type{});
             } else {
-              for (int64_t c = 0; c < C; ++c) {
-                const T add = gb * cb[c];
-#pragma omp simd
-                for (int64_t hw = 0; hw < HW; ++hw) gc[c * HW + hw] = gzr[c * HW + hw] + add;
-              }
+              cb != nullptr ? step(v, g, cbp, gb, gl, SB, std::false_type{}, std::true_type{})
+                            : step(v, g, cbp, gb, gl, SB, std::false_type{}, std::false_type{});
             }
-            g = gc;
-          }
-          // lam^+ = clamp_min(lam, 0) and lam^- = clamp_max(lam, 0): no gradient passes at lam = 0
-          auto step = [&](auto accumulate) {
+            if (zp != nullptr) {  // z itself (for the weight gradient) and g_bias * z (bias gradient)
+              T* zo = zp + (nb * K + k) * S + s0;
+              if (gzb != nullptr) {
+                acc_t* gzbb = gzb + s0;
 #pragma omp simd
-            for (int64_t s = 0; s < S; ++s) {
-              const T x = v[s], gg = g[s];
-              const T xn = math::neg_part(x);
-              const T r = math::relaxed_lam_grad(x, gg, gb, pos[s], neg[s], icp[s]);
-              if constexpr (decltype(accumulate)::value) {
-                gl[s] += r;
+                for (int64_t s = 0; s < SB; ++s) {
+                  zo[s] = math::relaxed_lam(v[s], pos[s], neg[s]);
+                  gzbb[s] += acc_t(gb * zo[s]);
+                }
               } else {
-                gl[s] = r;
+#pragma omp simd
+                for (int64_t s = 0; s < SB; ++s) zo[s] = math::relaxed_lam(v[s], pos[s], neg[s]);
               }
-              gs[s] += acc_t(gg * xn);
-              gt[s] += acc_t(gb * xn);
+            } else if (gzb != nullptr) {
+              acc_t* gzbb = gzb + s0;
+#pragma omp simd
+              for (int64_t s = 0; s < SB; ++s) gzbb[s] += acc_t(gb * math::relaxed_lam(v[s], pos[s], neg[s]));
             }
-          };
-          if (accumulate) {
-            step(std::true_type{});
-          } else {
-            step(std::false_type{});
           }
-          if (zp != nullptr) {  // z itself (for the weight gradient) and g_bias * z (bias gradient)
-            T* zo = zp + (nb * K + k) * S;
-            if (gzb != nullptr) {
-#pragma omp simd
-              for (int64_t s = 0; s < S; ++s) {
-                zo[s] = math::relaxed_lam(v[s], pos[s], neg[s]);
-                gzb[s] += acc_t(gb * zo[s]);
-              }
-            } else {
-#pragma omp simd
-              for (int64_t s = 0; s < S; ++s) zo[s] = math::relaxed_lam(v[s], pos[s], neg[s]);
-            }
-          } else if (gzb != nullptr) {
-#pragma omp simd
-            for (int64_t s = 0; s < S; ++s) gzb[s] += acc_t(gb * math::relaxed_lam(v[s], pos[s], neg[s]));
-          }
+          relax_coeff_grads(lo + nb * S + s0, up + nb * S + s0, gs, gt, SB, glo + nb * S + s0, gup + nb * S + s0);
         }
-        relax_coeff_grads(lo + nb * S, up + nb * S, gs, gt, S, glo + nb * S, gup + nb * S);
         if (gzb != nullptr) {  // this (radius, sample)'s bias gradient: the positions of each channel
           acc_t* gcbl = gcb_rows.data() + task * C;
           if (cl) {
@@ -463,29 +474,51 @@ void CpuKernels::concretize_backward(const at::Tensor& g_out, const at::Tensor& 
 // kh * kw * C_in], MKL at full speed: z's channels-last rows are already that matrix), then each
 // input position's kh * kw * C_in products are added into the output pixels they reach (col2im).
 // Chunks keep P in cache; rows are independent, so the sum order is fixed (deterministic).
+// One row's fold, with C_in fixed at compile time when it is 1 (the usual grey image) so the
+// innermost loop is a plain strided add. The input columns ix that reach the output for tap kx,
+// 0 <= ix s - p + kx d < W_out, are worked out once, so the loops carry no bounds tests.
+template <typename T, int64_t kCi>
+void fold_row(const T* pr, T* a, int64_t ci_runtime, int64_t Hi, int64_t Wi, int64_t Ho, int64_t Wo, const int64_t* k,
+              const int64_t* s, const int64_t* p, const int64_t* d, const int64_t* ix_lo, const int64_t* ix_hi) {
+  const int64_t Ci = kCi > 0 ? kCi : ci_runtime;
+  const int64_t taps = Ci * k[0] * k[1];
+  std::fill(a, a + Ho * Wo * Ci, T(0));
+  for (int64_t iy = 0; iy < Hi; ++iy) {
+    for (int64_t ky = 0; ky < k[0]; ++ky) {
+      const int64_t oy = iy * s[0] - p[0] + ky * d[0];
+      if (oy < 0 || oy >= Ho) continue;
+      T* arow = a + oy * Wo * Ci;
+      for (int64_t kx = 0; kx < k[1]; ++kx) {
+        const T* pk = pr + iy * Wi * taps + (ky * k[1] + kx) * Ci;  // [ix][ky][kx][ci] at ix = 0
+        const int64_t shift = kx * d[1] - p[1];                      // ox = ix s + shift
+        for (int64_t ix = ix_lo[kx]; ix < ix_hi[kx]; ++ix) {
+          T* ao = arow + (ix * s[1] + shift) * Ci;
+          const T* pp = pk + ix * taps;
+          for (int64_t ci = 0; ci < Ci; ++ci) ao[ci] += pp[ci];
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 void fold_products(const T* P, T* A, int64_t rows, int64_t Ci, int64_t Hi, int64_t Wi, int64_t Ho, int64_t Wo,
                    const int64_t* k, const int64_t* s, const int64_t* p, const int64_t* d) {
+  std::vector<int64_t> ix_lo(k[1]), ix_hi(k[1]);
+  for (int64_t kx = 0; kx < k[1]; ++kx) {
+    const int64_t shift = kx * d[1] - p[1];                                  // ox = ix s + shift
+    ix_lo[kx] = shift >= 0 ? 0 : (-shift + s[1] - 1) / s[1];                 // first ix with ox >= 0
+    const int64_t last = Wo - 1 - shift;                                     // ix s <= last
+    ix_hi[kx] = std::max<int64_t>(ix_lo[kx], last < 0 ? 0 : std::min(Wi, last / s[1] + 1));
+  }
   const int64_t taps = Ci * k[0] * k[1];
   for (int64_t r = 0; r < rows; ++r) {
-    T* a = A + r * Ho * Wo * Ci;
-    std::fill(a, a + Ho * Wo * Ci, T(0));
     const T* pr = P + r * Hi * Wi * taps;
-    for (int64_t iy = 0; iy < Hi; ++iy) {
-      for (int64_t ix = 0; ix < Wi; ++ix) {
-        const T* pp = pr + (iy * Wi + ix) * taps;  // [ky][kx][ci]
-        for (int64_t ky = 0; ky < k[0]; ++ky) {
-          const int64_t oy = iy * s[0] - p[0] + ky * d[0];
-          if (oy < 0 || oy >= Ho) continue;
-          for (int64_t kx = 0; kx < k[1]; ++kx) {
-            const int64_t ox = ix * s[1] - p[1] + kx * d[1];
-            if (ox < 0 || ox >= Wo) continue;
-            T* ao = a + (oy * Wo + ox) * Ci;
-            const T* pk = pp + (ky * k[1] + kx) * Ci;
-            for (int64_t ci = 0; ci < Ci; ++ci) ao[ci] += pk[ci];
-          }
-        }
-      }
+    T* a = A + r * Ho * Wo * Ci;
+    if (Ci == 1) {
+      fold_row<T, 1>(pr, a, Ci, Hi, Wi, Ho, Wo, k, s, p, d, ix_lo.data(), ix_hi.data());
+    } else {
+      fold_row<T, 0>(pr, a, Ci, Hi, Wi, Ho, Wo, k, s, p, d, ix_lo.data(), ix_hi.data());
     }
   }
 }
