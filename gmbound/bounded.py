@@ -187,7 +187,25 @@ class BoundedSequential(nn.Module):
 
         def bound(x_, radii_, lo_, hi_, C_):
             return self._bounds_strict(graph, x_, radii_, lo_, hi_, C_, method, beta, bound_upper, backend, crown_chunk)
+
+        group = tiles.radii
+        if method == "crown-ibp":
+            group = chunking.radii_per_interval_pass(tiles, radii.shape[0], x.shape[0],
+                                                     chunking.row_bytes(shapes, k, False, x.element_size()),
+                                                     tile_budget(x.device))
+
+        def bound_group(x_, radii_, lo_, hi_, C_):
+            # one interval pass for the group's radii, then CROWN-IBP per tile of them on its slices
+            prims = get_primitives(backend, x_.device)
+            state = propagation.relu_intervals(graph, prims.input_box(x_, radii_, lo_, hi_), prims)
+            parts = [self._bounds_strict(graph, x_, radii_[n0:n0 + tiles.radii], lo_, hi_, C_, method, beta,
+                                         bound_upper, backend, crown_chunk, state.radii(n0, n0 + tiles.radii))
+                     for n0 in range(0, radii_.shape[0], tiles.radii)]
+            upper = None if parts[0].upper is None else torch.cat([p.upper for p in parts])
+            return torch.cat([p.lower for p in parts]), upper
         with strict_float32(not allow_tf32):
+            if group > tiles.radii:
+                return Bounds(*chunking.run_tiled(bound_group, chunking.Tiles(group, x.shape[0]), x, radii, lo, hi, C))
             return Bounds(*chunking.run_tiled(bound, tiles, x, radii, lo, hi, C))
 
     def _bounds_strict(self, graph, x, radii, lo, hi, C, method, beta, bound_upper, backend,

@@ -37,6 +37,20 @@ class IntervalState:
         self.values: dict[int, Interval] = {0: Interval(box[0], box[1])}
         self.pre_relu: dict[int, Pair] = {}  # ReLU node -> its pre-activation bounds
 
+    def radii(self, start: int, stop: int) -> "IntervalState":
+        """The same intervals for radii ``start:stop`` alone: views, so gradients reach this state.
+
+        A tensor without the radius axis in full (one shared by all radii, leading size 1) stays whole.
+        """
+        n = self.values[0].lower.shape[0]
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            return t[start:stop] if t.shape[0] == n else t
+        part = IntervalState((cut(self.values[0].lower), cut(self.values[0].upper)))
+        part.values = {i: Interval(cut(v.lower), cut(v.upper), v.relu_pending) for i, v in self.values.items()}
+        part.pre_relu = {i: (cut(lo), cut(up)) for i, (lo, up) in self.pre_relu.items()}
+        return part
+
     def compute(self, graph: BoundGraph, nodes: set[int], prims) -> None:
         """Interval steps for ``nodes`` (closed under inputs) not yet computed, in topological order."""
         for i in sorted(nodes):

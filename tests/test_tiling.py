@@ -131,3 +131,51 @@ def test_interval_passes_keep_tiles_of_at_least_256_rows(count_tiles):
     count_tiles.clear()
     BoundedSequential(net).bounds(x, 0.1, torch.ones(100, 1, 5, dtype=x.dtype), method="crown-ibp")
     assert len(count_tiles) == 7  # CROWN-IBP: tiles of MIN_ROWS = 16 rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,batch,n_radii,tile_radii", [("mlp", 5, 7, [3, 3, 1]), ("cnn_bn", 6, 5, [2, 2, 1])])
+def test_crown_ibp_tiles_share_one_interval_pass(backend, name, batch, n_radii, tile_radii, count_tiles, monkeypatch):
+    """CROWN-IBP tiles holding whole batches run one interval pass for all their radii, on slices
+    of which each tile back-substitutes: bounds (IBP, CROWN-IBP and their mix) and gradients equal
+    those of one untiled call."""
+    from gmbound import propagation
+    passes = []
+    inner = propagation.relu_intervals
+
+    def spy(graph, box, prims):
+        passes.append(box[0].shape[0])
+        return inner(graph, box, prims)
+    monkeypatch.setattr(propagation, "relu_intervals", spy)
+    net, x, y = make_case(name, seed=6, batch=batch)
+    n_out = net(x).shape[1]
+    C = torch.randn(batch, 3, n_out, dtype=x.dtype, generator=torch.Generator().manual_seed(7))
+    radii = torch.linspace(0.02, 0.2, n_radii, dtype=x.dtype).unsqueeze(1) * (1 + torch.rand(batch, dtype=x.dtype))
+    for beta in (1.0, 0.4):
+        results = []
+        for budget in (0, 1):
+            set_tile_budget(budget)
+            passes.clear()
+            count_tiles.clear()
+            net.zero_grad(set_to_none=True)
+            xg = x.clone().requires_grad_(True)
+            b = BoundedSequential(net).bounds(xg, radii, C, method="crown-ibp", beta=beta, x_min=0.0, x_max=1.0,
+                                              backend=backend)
+            (b.lower.sum() - 0.5 * b.upper.sum()).backward()
+            results.append((b.lower.detach(), b.upper.detach(), xg.grad, [p.grad.clone() for p in net.parameters()]))
+        assert passes == [n_radii]  # the tiled call: one interval pass for all radii
+        assert [n for n, _ in count_tiles] == tile_radii and all(s == batch for _, s in count_tiles)
+        (want, got) = results
+        for w, g in zip(want[:3], got[:3]):
+            torch.testing.assert_close(g, w, **TIGHT)
+        for w, g in zip(want[3], got[3]):
+            torch.testing.assert_close(g, w, **TIGHT)
+
+
+def test_interval_pass_groups_are_whole_crown_tiles():
+    tiles = chunking.Tiles(2, 64)
+    assert chunking.radii_per_interval_pass(tiles, 10, 64, 1000, budget=10 ** 9) == 10            # all radii
+    assert chunking.radii_per_interval_pass(tiles, 10, 64, 1000, budget=1) == 4                   # 256 rows
+    assert chunking.radii_per_interval_pass(tiles, 10, 64, 1000, budget=384 * 1000) == 6          # 3 tiles
+    assert chunking.radii_per_interval_pass(chunking.Tiles(1, 32), 10, 64, 1000, budget=1) == 1  # split batch
+    assert chunking.radii_per_interval_pass(chunking.Tiles(10, 64), 10, 64, 1000, budget=1) == 10  # one tile
