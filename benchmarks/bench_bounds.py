@@ -484,6 +484,14 @@ def flop_lines(results: list[Result], peak_gflops: float, how: str, threads: int
             line += (f"; in {r.cpu_median_s:.3f} s CPU = {cpu:.1f} GFLOP per CPU second = "
                      f"{100 * cpu / core_peak:.1f} % of one core's peak")
         lines.append(line)
+    rates = [wall_rate / max(1, threads), cpu_rate] + [r.gflop / r.cpu_median_s for r in results
+                                                      if r.gflop is not None and r.cpu_median_s]
+    if max(rates) > core_peak:
+        # A rate above the peak means the clock behind it is too low: a virtual machine's cpuinfo
+        # gives the nominal clock while the cores boost above it.
+        lines.append(f"warning: {max(rates):.1f} GFLOP per CPU second was measured above one core's peak of "
+                     f"{core_peak:.1f}: the clock the peak assumes is below the one the cores run at, so every "
+                     f"fraction above is too high; give the part's boost clock via --peak-gflops")
     return lines
 
 
