@@ -26,7 +26,10 @@ import torch
 # rows, but at least MIN_ROWS (fewer rows starve the products: DM-large, whose Lambda row is 1.8 MB,
 # ran 1.5x slower in tiles of 4 rows than untiled). Measured on the 2-core AMD EPYC of
 # benchmarks/RESULTS.md: 4 to 32 MB all gain 20-25 % on DM-small at B = 64, N = 10; 64 MB loses most of it.
-DEFAULT_BUDGET_BYTES = 16 * 2 ** 20
+# 32 MB rather than 16: DM-small's batch of 256 (115 KB a row) then stays whole in each tile instead of
+# being split in two: at 2 threads -13 % (N = 1) and -8 % (N = 10) per step at B = 256 (1 thread: -3 %, 0 %),
+# B = 64 unchanged, DM-large B = 8 -2 %.
+DEFAULT_BUDGET_BYTES = 32 * 2 ** 20
 MIN_ROWS = 16
 # Passes of intervals only (IBP) hold no Lambda and keep every tile's intervals for the backward
 # pass anyway, so small tiles only cost: the gm-ibp step (N = 10, forward and backward, 1 thread,
