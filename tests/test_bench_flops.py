@@ -2,19 +2,7 @@
 flagged (a VM's cpuinfo gives the nominal clock, below the boost the cores run at)."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_bounds", os.path.join(ROOT, "benchmarks", "bench_bounds.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_bounds"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 def _result(bench, gflop, cpu_s):
@@ -23,7 +11,7 @@ def _result(bench, gflop, cpu_s):
 
 
 def test_a_rate_above_the_peak_is_flagged(monkeypatch):
-    bench = _load()
+    bench = load_benchmark("bench_bounds")
     monkeypatch.setattr(bench, "sgemm_gflops", lambda: (80.0, 80.0))
     below = bench.flop_lines([_result(bench, 600.0, 7.5)], 100.0, "given", 1)       # 80 GFLOP/s of 100
     assert not any(line.startswith("warning") for line in below)
