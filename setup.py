@@ -123,6 +123,27 @@ def extensions():
     return [CppExtension("gmbound._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)]
 
 
+def replacing_build_ext(base: type) -> type:
+    """``base`` whose copies of the built library into the source tree (editable installs, --inplace)
+    replace the old file by a new inode (copy to a temporary, then ``os.replace``).
+
+    setuptools overwrites it in place, truncating a file that running processes (a training run
+    in the background) have mapped: they die with SIGBUS. Replaced, the old inode lives on for them.
+    """
+
+    class ReplacingBuildExt(base):
+        def copy_file(self, infile, outfile, *args, **kwargs):
+            target = outfile if not os.path.isdir(outfile) else os.path.join(outfile, os.path.basename(infile))
+            if not (os.path.isfile(target) and target.endswith((".so", ".pyd"))):
+                return super().copy_file(infile, outfile, *args, **kwargs)
+            tmp = f"{target}.{os.getpid()}.tmp"
+            shutil.copy2(infile, tmp)
+            os.replace(tmp, target)
+            return target, 1
+
+    return ReplacingBuildExt
+
+
 def main() -> None:
     check_setuptools()
     if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
@@ -133,7 +154,7 @@ def main() -> None:
 
     setuptools.setup(
         ext_modules=extensions(),
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        cmdclass={"build_ext": replacing_build_ext(BuildExtension.with_options(use_ninja=True))},
     )
 
 

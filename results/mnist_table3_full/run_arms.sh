@@ -41,7 +41,7 @@ while true; do
     mkdir -p "$out"
     echo "$(date -u +%FT%TZ) start $arm (from epoch $(epochs_done "$out")) on $(hostname) at $(git rev-parse --short HEAD)" >> "$log"
     # shellcheck disable=SC2086
-    if python3 -m gmbound train --config configs/mnist_table3_full.yaml --resume out_dir="$out" \
+    if python3 -m gmbound train --config configs/mnist_table3_full.yaml --resume out_dir="results/mnist_table3_full/$arm" \
          $overrides ${EXTRA:-} >> "$out/train.stdout" 2>&1; then
       echo "$(date -u +%FT%TZ) trained $arm" >> "$log"
     else
