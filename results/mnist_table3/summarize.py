@@ -1,8 +1,9 @@
 """Table 3 summary: our numbers (mean and min-max over seeds) beside the paper's, and Fig. 3a/3b.
 
-Run from the repository root after finish_arm.sh:  python3 results/mnist_table3/summarize.py
-Reads results/mnist_table3/<arm>/eval_<arm>.json (arm = eps<E>_<method>[-<variant>]_s<seed>) and
-writes summary.md (tables) and drawdown_eps<E>_verified.png / drawdown_eps<E>_pgd.png here.
+Run from the repository root after finish_arm.sh:  python3 results/mnist_table3/summarize.py [FOLDER]
+(FOLDER: results/mnist_table3 by default; results/mnist_table3_full for the 200-epoch arms).
+Reads FOLDER/<arm>/eval_<arm>.json (arm = eps<E>_<method>[-<variant>]_s<seed>) and
+writes summary.md (tables) and drawdown_eps<E>_verified.png / drawdown_eps<E>_pgd.png into FOLDER.
 An arm first evaluated on a coarser grid may also hold ``verify_0.01/eval_<arm>.json``: its
 verification redone on the 0.01 grid without PGD; its verified errors are used, PGD from the first run.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -46,10 +48,10 @@ def with_fine_verification(data: dict, fine: dict) -> dict:
     return merged
 
 
-def load_arms() -> dict[tuple[str, str], list[dict]]:
-    """(eps_train, method[-variant]) -> eval JSONs, one per seed."""
+def load_arms(root: Path = HERE) -> dict[tuple[str, str], list[dict]]:
+    """(eps_train, method[-variant]) -> eval JSONs, one per seed, of the arms in ``root``."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for folder in sorted(p for p in HERE.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         m = ARM.match(folder.name)
         files = list(folder.glob("eval_*.json"))
         if not m or not files:
@@ -112,7 +114,7 @@ def tables(groups) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(groups) -> list[Path]:
+def figures(groups, root: Path = HERE, budget: str = "") -> list[Path]:
     """Fig. 3a (IBP-verified error vs eps) and 3b (total error under PGD), mean and min-max band."""
     import matplotlib
 
@@ -146,10 +148,10 @@ def figures(groups) -> list[Path]:
             ax.set_ylabel(ylabel)
             ax.set_ylim(0, 101)
             ax.grid(alpha=0.3)
-            ax.set_title(f"MNIST, DM-small, eps_train {eps_train}")
+            ax.set_title(f"MNIST, DM-small{budget}, eps_train {eps_train}")
             ax.legend(fontsize=8, loc="upper left")
             fig.tight_layout()
-            path = HERE / f"drawdown_eps{eps_train}_{kind}.png"
+            path = root / f"drawdown_eps{eps_train}_{kind}.png"
             fig.savefig(path, dpi=120)
             plt.close(fig)
             written.append(path)
@@ -157,8 +159,9 @@ def figures(groups) -> list[Path]:
 
 
 if __name__ == "__main__":
-    groups = load_arms()
-    (HERE / "summary.md").write_text(tables(groups))
-    for p in figures(groups):
+    root = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else HERE
+    groups = load_arms(root)
+    (root / "summary.md").write_text(tables(groups))
+    for p in figures(groups, root, ", 200 epochs" if root != HERE else ""):
         print("wrote", p.name)
-    print((HERE / "summary.md").read_text())
+    print((root / "summary.md").read_text())
