@@ -116,7 +116,8 @@ def _eval_config(ckpt_cfg: dict, args: argparse.Namespace) -> dict:
              "pgd_restarts": args.pgd_restarts, "pgd_step_size": args.pgd_step_size,
              "pgd_loss": args.pgd_loss, "pgd_eps_grid": args.pgd_eps_grid,
              "batch_size": args.batch_size, "test_subset": args.test_subset, "dtype": args.dtype,
-             "crown_max_neurons": args.crown_max_neurons, "radii_chunk": args.radii_chunk}
+             "crown_max_neurons": args.crown_max_neurons, "radii_chunk": args.radii_chunk,
+             "exhaustive": True if args.exhaustive else None, "pgd_audit": False if args.no_pgd_audit else None}
     for key, value in flags.items():
         if value is not None:
             e[key] = value
@@ -169,6 +170,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         for v, why in res.skipped_verifiers.items():
             print(f"  verifier {v} skipped: {why}")
         print(format_table(res))
+        print(f"  radius search: {res.radius_search.get('mode')}")
         print(f"  written: {csv_path}, {json_path}  (seconds: {res.seconds})")
         if not res.sound:
             print("\n!!! " + unsound_message(res) + "\n", file=sys.stderr)
@@ -367,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", choices=("float32", "float64"))
     e.add_argument("--crown-max-neurons", type=non_negative_int,
                    help="run full CROWN only up to this many ReLU neurons")
+    e.add_argument("--exhaustive", action="store_true",
+                   help="bound every radius of the grid and attack every unbroken sample at every PGD radius "
+                        "(default: per sample the largest certified radius by bisection over the grid, PGD only "
+                        "where neither certified nor broken; IBP numbers are the same, CROWN-IBP's can only "
+                        "rise except for isolated certificates above a gap)")
+    e.add_argument("--no-pgd-audit", action="store_true",
+                   help="bisection mode: skip the one attack per certified sample at its largest certified radius")
     e.add_argument("--data-dir", help="override the checkpoint config's data.dir")
     e.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:<index>")
     e.add_argument("--threads", type=positive_int, help="torch CPU threads")

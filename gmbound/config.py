@@ -107,6 +107,8 @@ DEFAULTS: dict[str, Any] = {
         "dtype": "float32",          # float64 for the strictest soundness
         "crown_max_neurons": 2000,   # full CROWN only for nets with at most this many ReLU neurons
         "crown_batch_size": 32,
+        "exhaustive": False,         # bound every radius, attack every sample (else bisection over the grid)
+        "pgd_audit": True,           # bisection: attack each certified sample at its largest certified radius
     },
 }
 

@@ -11,6 +11,19 @@ For every radius of the grid, on a test set:
   point at a radius is also one at every larger radius, so samples already broken are not
   attacked again).
 
+Two ways to get there (``radius_search`` in the output says which ran):
+
+* ``exhaustive=False`` (default): per sample and verifier, the largest certified grid radius by
+  bisection over the grid (``gmbound.drawdown``: about ``log2(G)`` bound calls instead of ``G``);
+  the sample counts as certified at every radius up to it (a certificate covers every smaller
+  box). For IBP this equals the exhaustive grid; for CROWN-IBP and CROWN, whose bounds are not
+  monotone in the radius, it is equally sound and usually certifies more (it may miss an
+  isolated certificate above the first uncertified radius). PGD attacks a sample at a radius
+  only while it is neither broken nor certified there; each certified sample is then attacked
+  once at its largest certified radius (the audit, ``pgd_audit``) to test the certificate.
+* ``exhaustive=True``: every verifier bounds every radius, PGD attacks every unbroken sample
+  at every PGD radius, certified or not.
+
 A sample that is certified and yet misclassified (clean or by PGD) proves a bound unsound:
 ``evaluate`` counts these per verifier and radius and raises ``UnsoundBoundError`` (after the
 results are written, when called through the CLI) unless ``strict=False``.
@@ -33,6 +46,7 @@ from torch.utils.data import DataLoader, Subset
 from .attacks import pgd_attack
 from .bounded import BoundedSequential
 from .certificates import correct_mask, count_nonfinite, verified_mask, warn_nonfinite
+from .drawdown import certified_matrix, largest_certified_index, pgd_sweep
 from .specification import margin_spec
 
 VERIFIER_ORDER = ("ibp", "crown-ibp", "crown")
@@ -105,6 +119,7 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)
     pgd: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    radius_search: dict[str, Any] = field(default_factory=dict)   # how the grid was covered (see module doc)
 
     @property
     def sound(self) -> bool:
@@ -139,8 +154,13 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
              x_max: Optional[float] = 1.0, device: Optional[torch.device] = None,
              dtype: torch.dtype = torch.float32, backend: str = "auto", radii_chunk: int = 8,
              crown_batch_size: int = 32, crown_max_neurons: Optional[int] = 2000, seed: int = 0,
+             exhaustive: bool = False, search_k: int = 1, pgd_audit: bool = True,
              strict: bool = True, progress: bool = False) -> EvalResult:
     """Standard, verified (per verifier and best-of) and PGD error at every radius of ``eps_grid``.
+
+    ``exhaustive``: bound every radius and attack every unbroken sample (else bisection over the
+    grid with ``search_k`` radii per sample per call, PGD only where neither certified nor broken,
+    and, with ``pgd_audit``, one attack per certified sample at its largest certified radius).
 
     Full CROWN runs only when the model has at most ``crown_max_neurons`` ReLU neurons (None: no
     limit); otherwise it is listed in ``skipped_verifiers`` with the reason. PGD runs at the radii
@@ -179,6 +199,11 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
     unsound = {v: torch.zeros(n_eps, dtype=torch.long) for v in active}
     seconds = {v: 0.0 for v in active}
     seconds["pgd"] = 0.0
+    audit = pgd_audit and not exhaustive and pgd_steps > 0
+    if audit:
+        seconds["pgd_audit"] = 0.0
+    bound_evals = {v: 0 for v in active}        # sample-radius pairs bounded, per verifier
+    pgd_attacks = audit_attacks = audit_broken = 0
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     batches = loader
@@ -195,11 +220,22 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
         clean_wrong = ~correct_mask(logits, y)                                    # [B]; NaN logits are wrong
         nonfinite += count_nonfinite(logits)
         wrong += int(clean_wrong.sum())
-        cert = {}
+        cert, top = {}, {}   # [N, B] certified; [B] largest certified index (bisection only)
         for v in active:
             t0 = time.time()
-            cert[v] = certified(net, x, y, radii, v, x_min=x_min, x_max=x_max, backend=backend,
-                                radii_chunk=radii_chunk, crown_batch_size=crown_batch_size).cpu()  # [N, B]
+            ckw = dict(x_min=x_min, x_max=x_max, backend=backend, radii_chunk=radii_chunk,
+                       crown_batch_size=crown_batch_size)
+            if exhaustive:
+                cert[v] = certified(net, x, y, radii, v, **ckw).cpu()                      # [N, B]
+                bound_evals[v] += n_eps * b
+            else:
+                def certify_at(s, p, v=v, ckw=ckw):
+                    bound_evals[v] += p.numel()
+                    return certified(net, x[s], y[s], radii[p], v, **ckw)
+                # a clean error is only bounded at the first radius (certified there: unsound)
+                hi = torch.where(clean_wrong, 1, n_eps).to(device=device, dtype=torch.long)
+                top[v] = largest_certified_index(certify_at, torch.full_like(hi, -1), hi, k=search_k).cpu()
+                cert[v] = certified_matrix(top[v], n_eps)
             seconds[v] += time.time() - t0
             unverified[v] += (~cert[v]).sum(1)
         any_cert = torch.zeros(n_eps, b, dtype=torch.bool)
@@ -208,21 +244,34 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
         unverified_any += (~any_cert).sum(1)
         # PGD, radius by radius; a sample broken at a radius stays broken at the larger ones
         t0 = time.time()
-        broken = clean_wrong.clone()
-        attacked = torch.zeros(n_eps, b, dtype=torch.bool)
-        for i, e in enumerate(grid):
-            todo = ~broken
-            if pgd_at[i] and e > 0 and pgd_steps > 0 and bool(todo.any()):
-                idx = todo.nonzero().squeeze(1)
-                _, ok = pgd_attack(model, x[idx], y[idx], e, steps=pgd_steps, step_size=pgd_step_size,
-                                   restarts=pgd_restarts, x_min=x_min, x_max=x_max, loss=pgd_loss,
-                                   generator=gen)
-                broken[idx[ok]] = True
-            attacked[i] = broken.cpu()
+        sweep = pgd_sweep(model, x, y, grid, clean_wrong=clean_wrong, attack_at=pgd_at,
+                          skip=None if exhaustive else any_cert, steps=pgd_steps, restarts=pgd_restarts,
+                          step_size=pgd_step_size, loss=pgd_loss, x_min=x_min, x_max=x_max, generator=gen)
+        attacked = sweep.broken                                                          # [N, B]
+        pgd_attacks += sweep.attacks
         seconds["pgd"] += time.time() - t0
         pgd_wrong += attacked.sum(1)
         for v in active:  # a certificate contradicted by a misclassified point (clean or PGD) is unsound
             unsound[v] += (cert[v] & attacked).sum(1)
+        if audit and active:
+            # the sweep skipped certified pairs, so test each certificate once, where it is
+            # hardest to keep: at the sample's largest certified radius (best verifier)
+            t0 = time.time()
+            best_top = torch.stack([top[v] for v in active]).amax(0)                     # [B]
+            todo = ((best_top >= 0) & ~clean_wrong.cpu()).nonzero().squeeze(1)
+            todo = todo[radii.cpu()[best_top[todo]] > 0]
+            if len(todo):
+                r = radii[best_top[todo].to(device)]
+                _, ok = pgd_attack(model, x[todo.to(device)], y[todo.to(device)], r, steps=pgd_steps,
+                                   step_size=pgd_step_size, restarts=pgd_restarts, x_min=x_min, x_max=x_max,
+                                   loss=pgd_loss, generator=gen)
+                audit_attacks += len(todo)
+                hit = todo[ok.cpu()]
+                audit_broken += len(hit)
+                for v in active:  # contradicts the verifiers certified at that radius
+                    bad = hit[top[v][hit] >= best_top[hit]]
+                    unsound[v].index_add_(0, best_top[bad], torch.ones(len(bad), dtype=torch.long))
+            seconds["pgd_audit"] += time.time() - t0
     warn_nonfinite(nonfinite, total, "gmbound eval")
     n = max(total, 1)
     ver = {v: (unverified[v].double() / n).tolist() for v in active}
@@ -239,13 +288,31 @@ def evaluate(model: nn.Module, loader: DataLoader, eps_grid: Sequence[float], *,
         pgd={"steps": pgd_steps, "restarts": pgd_restarts, "loss": pgd_loss,
              "eps": [e for e, on in zip(grid, pgd_at) if on],
              "step_size": pgd_step_size if pgd_step_size is not None else "2.5*eps/steps",
-             "random_start": True, "x_min": x_min, "x_max": x_max},
+             "random_start": True, "x_min": x_min, "x_max": x_max, "attacks": pgd_attacks},
+        radius_search=_search_summary(exhaustive, search_k, bound_evals, total, n_eps, audit, audit_attacks,
+                                      audit_broken),
         meta={"dtype": str(dtype).replace("torch.", ""), "device": str(device), "backend": backend,
               "nonfinite_logits": nonfinite,
               "torch": str(torch.__version__), "machine": platform.machine(), "platform": platform.platform()})
     if strict and not result.sound:
         raise UnsoundBoundError(unsound_message(result))
     return result
+
+
+def _search_summary(exhaustive: bool, k: int, bound_evals: dict[str, int], n: int, n_eps: int, audit: bool,
+                    audit_attacks: int, audit_broken: int) -> dict[str, Any]:
+    """The ``radius_search`` record of an evaluation: mode, work done, and what it means."""
+    if exhaustive:
+        return {"mode": "exhaustive", "bound_evaluations": bound_evals,
+                "note": "every verifier bounded every radius; PGD attacked every unbroken sample at every PGD radius"}
+    return {"mode": "bisection", "k": k, "bound_evaluations": bound_evals, "exhaustive_bound_evaluations":
+            n * n_eps, "pgd_audit": {"ran": audit, "attacks": audit_attacks, "broken": audit_broken},
+            "note": "per sample and verifier, the largest grid radius certified by a direct bound call, found by "
+                    "bisection; the sample counts as certified at every radius up to it (sound: a certificate "
+                    "covers every smaller box). IBP equals the exhaustive grid; CROWN-IBP/CROWN are not "
+                    "monotone in the radius and usually certify more here (an isolated certificate above the "
+                    "first uncertified radius can be missed). PGD skipped certified samples; the audit "
+                    "attacked each certified sample at its largest certified radius"}
 
 
 def pgd_radii_mask(grid: Sequence[float], pgd_eps_grid: Optional[Sequence[float]]) -> list[bool]:
@@ -319,7 +386,8 @@ def evaluate_checkpoint(path: str | Path, ecfg: dict, *, data_dir: Optional[str]
                       x_min=mi["x_min"], x_max=mi["x_max"],
                       device=device or torch.device("cpu"), dtype=dtype, backend=cfg["train"]["backend"],
                       radii_chunk=ecfg["radii_chunk"], crown_batch_size=ecfg["crown_batch_size"],
-                      crown_max_neurons=ecfg["crown_max_neurons"], strict=False, progress=progress)
+                      crown_max_neurons=ecfg["crown_max_neurons"], exhaustive=ecfg.get("exhaustive", False),
+                      pgd_audit=ecfg.get("pgd_audit", True), strict=False, progress=progress)
     result.seconds["total"] = round(time.time() - t0, 3)
     t = cfg["train"]
     result.meta.update({

@@ -54,8 +54,8 @@ def direct(model, loader, verifier):
 def test_numbers_equal_direct_computation():
     model, loader = small_case()
     res = evaluate(model, loader, GRID, verifiers=["ibp", "crown-ibp", "crown"], pgd_steps=10,
-                   dtype=torch.float64, radii_chunk=4, crown_max_neurons=None)
-    assert res.eps == GRID and res.n_samples == 48
+                   dtype=torch.float64, radii_chunk=4, crown_max_neurons=None, exhaustive=True)
+    assert res.eps == GRID and res.n_samples == 48 and res.radius_search["mode"] == "exhaustive"
     with torch.no_grad():
         std = sum(int((model(x).argmax(1) != y).sum()) for x, y in loader) / 48
     assert res.standard_error == std
