@@ -277,12 +277,83 @@ class BoundedSequential(nn.Module):
         return logits, margins
 
 
+    def fused_cross_entropy(self, x: torch.Tensor, y: torch.Tensor, eps: RadiusLike, *, method: str = "crown-ibp",
+                            beta: Union[float, torch.Tensor] = 1.0, x_min: DomainLike = None,
+                            x_max: DomainLike = None, backend: str = "auto",
+                            allow_tf32: bool = False) -> "FusedCrossEntropy":
+        """Loss fusion: upper bounds of ``max CE(f(x'), y)`` over each box with one CROWN-IBP row per (radius, sample).
+
+        ``method`` ``"crown-ibp"`` (mixed with the IBP bound by ``beta``, see
+        ``specification.fused_cross_entropy_bound``) or ``"ibp"`` (``log(1 + sum_j exp(u_j))``, equal to the
+        cross-entropy of the IBP robust logits). The clean pass runs first (train-mode BatchNorm bounds with
+        this batch's statistics); the bound is never below the clean cross-entropy (``x`` is in the box).
+        """
+        method = _method(method)
+        if method == "crown":
+            raise BoundInputError("loss fusion serves method 'ibp' or 'crown-ibp' (training bounds); full CROWN "
+                                  "bounds the margins: use margin_bounds(..., method='crown')")
+        beta = _check_beta(beta)
+        graph = self._graph()
+        x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
+        logits = self._clean_forward(graph, x)
+        if logits.dim() != 2:
+            raise BoundInputError(f"loss fusion needs logits [B, n_classes]; the model outputs {tuple(logits.shape)}")
+        n_classes = logits.shape[1]
+        check_labels(y, x, n_classes)
+        if n_classes < 2:
+            raise BoundInputError("loss fusion needs at least 2 classes")
+        spec = margin_spec(y, n_classes, dtype=x.dtype)
+        crown = method == "crown-ibp" and beta > 0
+        shapes = self._shapes(graph, x)
+        if x.shape[0] == 0:
+            empty = x.new_zeros((radii.shape[0], 0))
+            return FusedCrossEntropy(logits, empty, empty.clone())
+        # Lambda of the CROWN pass has one row; the IBP fold's 2 (n - 1) rows live on the last layers only
+        tiles = chunking.plan(radii.shape[0], x.shape[0], chunking.row_bytes(shapes, 1, crown, x.element_size()),
+                              tile_budget(x.device), chunking.MIN_ROWS if crown else chunking.MIN_ROWS_INTERVALS)
+        group = tiles.radii
+        if crown:
+            group = chunking.radii_per_interval_pass(tiles, radii.shape[0], x.shape[0],
+                                                     chunking.row_bytes(shapes, 1, False, x.element_size()),
+                                                     tile_budget(x.device))
+
+        def bound_group(x_, radii_, lo_, hi_, spec_):
+            # one interval pass for the group's radii, then the fused bound per CROWN tile of them
+            prims = get_primitives(backend, x_.device)
+            state = propagation.relu_intervals(graph, prims.input_box(x_, radii_, lo_, hi_), prims)
+            y_ = _labels_of(spec_)
+            parts = [propagation.fused_cross_entropy_bounds(graph, shapes, None, spec_, y_, prims, beta, crown,
+                                                            state.radii(n0, n0 + tiles.radii))
+                     for n0 in range(0, radii_.shape[0], tiles.radii)]
+            return torch.cat(parts), None
+        with strict_float32(not allow_tf32):
+            out, _ = chunking.run_tiled(bound_group, chunking.Tiles(max(group, tiles.radii), tiles.samples),
+                                        x, radii, lo, hi, spec)
+        clean_ce = torch.nn.functional.cross_entropy(logits, y.long(), reduction="none")
+        # x lies in every box, so CE(f(x), y) <= max CE: a floor that only rounding of the CROWN row can undercut
+        return FusedCrossEntropy(logits, torch.maximum(out[..., 0], clean_ce), out[..., 1])
+
+
 def _same_data(stats: "BatchStats", x: torch.Tensor) -> bool:
     """``x`` has the memory, layout, dtype and device of the input of ``stats``, not written to since
     (views of one tensor, e.g. a BoundedTensor's ``plain()`` taken twice, share memory and version)."""
     a = stats.x
     return (a.device == x.device and a.dtype == x.dtype and a.shape == x.shape and a.stride() == x.stride()
             and a.data_ptr() == x.data_ptr() and x._version == stats.version)
+
+
+def _labels_of(spec: torch.Tensor) -> torch.Tensor:
+    """The labels of a ``margin_spec`` (the column holding +1 in every row): ``[B]``."""
+    return spec[:, 0].argmax(-1)
+
+
+class FusedCrossEntropy(NamedTuple):
+    """``BoundedSequential.fused_cross_entropy``: clean logits ``[B, n]``, the upper bounds of the worst-case
+    cross-entropy ``[N, B]`` and the IBP upper bound of ``max_j (f_j - f_y)`` ``[N, B]`` (``< 0``: IBP-verified)."""
+
+    logits: torch.Tensor
+    bound: torch.Tensor
+    ibp_max_z: torch.Tensor
 
 
 class BatchStats(NamedTuple):

@@ -86,6 +86,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.config is None and args.resume is None:
         raise ConfigError("give --config FILE (and optional key=value overrides), or --resume RUN_DIR")
     resume = args.resume is not None
+    if args.loss_fusion:
+        args.overrides = list(args.overrides) + ["train.loss_fusion=true"]
     if args.config is None:  # resume from a run folder / checkpoint: its saved config, then the overrides
         path = Path(args.resume)
         ckpt = load_checkpoint(path)
@@ -350,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the run's checkpoint (with --config: its out_dir; else a run folder "
                         "or checkpoint file)")
     t.add_argument("--overwrite", action="store_true", help="start again even if out_dir holds a checkpoint")
+    t.add_argument("--loss-fusion", action="store_true",
+                   help="bound the cross-entropy with one CROWN-IBP row per (radius, sample) (train.loss_fusion=true)")
     t.add_argument("--stop-after-epoch", type=positive_int, default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=_cmd_train)
 

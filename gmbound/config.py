@@ -86,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
         "n_radii": 10,           # N of the GM loss (gm-* methods; ibp / crown-ibp use 1)
         "weights": "inverse",    # c_i shape: inverse, uniform, inverse_square, linear_decreasing, increasing
         "stochastic": False,     # stochastic GRT: one radius per sample drawn with probability c_i
+        "loss_fusion": False,    # bound CE itself with one CROWN-IBP row per (radius, sample) (gm_loss's loss_fusion)
         "backend": "auto",       # bound engine backend passed to gm_loss
         "test_every": 1,         # test-set check every k epochs (0: never)
         "test_verifier": "ibp",  # verifier of the per-epoch test check (at eps_train)

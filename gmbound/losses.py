@@ -5,6 +5,7 @@ With ``N = 1`` it is the ordinary IBP / CROWN-IBP training loss.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -92,7 +93,7 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
             eps: Union[float, torch.Tensor], *, n_radii: int = 10, weights: WeightShape = "inverse",
             kappa: float = 0.5, beta: float = 1.0, method: str = "crown-ibp", x_min: DomainLike = None,
             x_max: DomainLike = None, stochastic: bool = False, generator: Optional[torch.Generator] = None,
-            backend: str = "auto", allow_tf32: bool = False) -> GMLossResult:
+            backend: str = "auto", allow_tf32: bool = False, loss_fusion: bool = False) -> GMLossResult:
     """GM-CROWN-IBP (``method="crown-ibp"``) or GM-IBP (``method="ibp"``) loss of one batch.
 
     ``kappa`` weighs the natural loss, ``beta`` mixes CROWN-IBP with IBP bounds, ``weights``
@@ -123,7 +124,27 @@ def gm_loss(model: Union[nn.Module, BoundedSequential], x: torch.Tensor, y: torc
         unverified = (~verified_mask(clean_margins(logits, y))).to(x.dtype).mean()
         return GMLossResult(natural_loss, natural_loss, natural_loss, natural_error.detach(),
                             unverified.detach().expand(n_radii).clone(), radii, c, logits)
-    if stochastic:
+    if loss_fusion:
+        index = None
+        eval_radii = radii
+        if stochastic:
+            index = torch.multinomial(c, x.shape[0], replacement=True, generator=generator)  # [B]
+            eval_radii = radii[index].unsqueeze(0)                                           # [1, B]
+        fused = net.fused_cross_entropy(x, y, eval_radii, method=method, beta=beta, x_min=x_min, x_max=x_max,
+                                        backend=backend, allow_tf32=allow_tf32)
+        logits = fused.logits
+        # certified: IBP margins all > 0, or the worst-case CE below log 2 (then p_y > 1/2: y is the arg max)
+        unverified = ~((fused.ibp_max_z < 0) | (fused.bound < math.log(2)))
+        unverified = unverified.to(x.dtype)
+        if stochastic:
+            robust_loss = fused.bound[0].mean()
+            counts = torch.bincount(index, minlength=n_radii).to(x.dtype)
+            sums = torch.zeros(n_radii, dtype=x.dtype, device=x.device).index_add_(0, index, unverified[0])
+            verified_error = sums / counts
+        else:
+            robust_loss = (c * fused.bound.mean(1)).sum()
+            verified_error = unverified.mean(1)
+    elif stochastic:
         index = torch.multinomial(c, x.shape[0], replacement=True, generator=generator)  # [B]
         sample_radii = radii[index].unsqueeze(0)                                         # [1, B]
         logits, margins = net.logits_and_margins(x, y, sample_radii, method=method, beta=beta,

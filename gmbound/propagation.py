@@ -170,6 +170,36 @@ def spec_bounds(graph: BoundGraph, shapes: list[Shape], box: Pair, spec: torch.T
     return result
 
 
+def fused_cross_entropy_bounds(graph: BoundGraph, shapes: list[Shape], box: Pair, spec: torch.Tensor,
+                               y: torch.Tensor, prims, beta: float, crown: bool,
+                               state: Optional[IntervalState] = None) -> torch.Tensor:
+    """Loss fusion: an upper bound of ``max CE(f(x'), y)`` over each box, and the IBP worst margin (``[N, B, 2]``).
+
+    ``spec``: ``margin_spec(y)`` (``[B, n - 1, n]``). The intervals of ``z_j = f_j - f_y`` come from IBP with
+    the specification folded into the affine ops after the last ReLUs (as ``spec_bounds``' IBP, 2 (n - 1)
+    rows through the last layers only); then, when ``crown``, ONE CROWN-IBP row per (radius, sample), the
+    chord of ``exp`` on those intervals (``specification.fused_cross_entropy_bound``), is back-substituted
+    through the whole graph. ``[..., 1]`` is ``max_j u_j``, the IBP bound of the largest ``z_j``
+    (``< 0``: IBP-verified).
+    """
+    from .specification import fused_cross_entropy_bound  # the shared math (no import cycle at load time)
+    relus = graph.relus(graph.ancestors([graph.output]))
+    if state is None:
+        state = relu_intervals(graph, box, prims)
+    k = spec.shape[1]
+    rows = torch.cat([-spec, spec], dim=1).unsqueeze(0)     # lower bounds of z = -C f and of -z = C f
+    reached, bias = backward(graph, shapes, graph.output, rows, set(relus), {}, prims)
+    lb = _concretize(reached, state.values, prims) + bias    # [N, B, 2K]
+    z_lower, z_upper = lb[..., :k], -lb[..., k:]
+
+    def crown_upper(lam: torch.Tensor) -> torch.Tensor:
+        # upper bound of lam . f = -(lower bound of -lam . f); Lambda [N, B, 1, n] differs per radius
+        reached_c, bias_c = backward(graph, shapes, graph.output, -lam.unsqueeze(2), set(), state.pre_relu, prims)
+        return -(_concretize(reached_c, state.values, prims) + bias_c)[..., 0]
+    bound = fused_cross_entropy_bound(z_lower, z_upper, y, spec.shape[2], beta, crown_upper if crown else None)
+    return torch.stack([bound, z_upper.max(-1)[0]], dim=-1)
+
+
 def _block_is_exact(graph: BoundGraph, node: int) -> bool:
     """Interval arithmetic is exact up to ``node`` when it is reached through at most one non-diagonal affine map.
 

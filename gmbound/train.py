@@ -212,7 +212,8 @@ def compute_loss(net: BoundedSequential, x: torch.Tensor, y: torch.Tensor, value
     stochastic = bool(tcfg["stochastic"]) and n > 1
     return gm_loss(net, x, y, values.eps, n_radii=n, weights=tcfg["weights"], kappa=values.kappa,
                    beta=values.beta, method=bound, x_min=x_min, x_max=x_max, stochastic=stochastic,
-                   generator=generator if stochastic else None, backend=tcfg["backend"])
+                   generator=generator if stochastic else None, backend=tcfg["backend"],
+                   loss_fusion=bool(tcfg.get("loss_fusion", False)))
 
 
 def train_step(net: BoundedSequential, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
