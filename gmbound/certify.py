@@ -2,7 +2,9 @@
 
 Each round bounds K radii per sample in one call (per-sample radii ``[K, B]``), spaced evenly
 inside each sample's bracket ``(lo, hi)``; ``lo`` moves to the largest radius certified, ``hi``
-to the smallest uncertified radius above it. The bracket shrinks by ``K + 1`` per round.
+to the smallest uncertified radius above it. The bracket shrinks by ``K + 1`` per round. The
+search itself is ``gmbound.drawdown.largest_certified_index`` (shared with ``gmbound eval``),
+run here on a grid of ``(K + 1) ** rounds`` steps up to ``eps_max``.
 
 Soundness does not depend on the bound being monotone in the radius: ``lo`` only ever takes a
 radius at which the verifier *did* certify the sample, and the box of a smaller radius lies
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from .bounded import BoundedSequential
 from .certificates import correct_mask, count_nonfinite, warn_nonfinite
+from .drawdown import largest_certified_index
 from .evaluate import certified
 
 
@@ -30,31 +33,26 @@ def certify_batch(net: BoundedSequential, x: torch.Tensor, y: torch.Tensor, veri
                   rounds: int = 4, k: int = 8, x_min: Optional[float] = 0.0, x_max: Optional[float] = 1.0,
                   backend: str = "auto", crown_batch_size: int = 32) -> torch.Tensor:
     """Largest certified radius per sample ``[B]``: -1 where not certified even at radius 0
-    (misclassified), ``eps_max`` where certified at ``eps_max`` (the search cap)."""
+    (misclassified), ``eps_max`` where certified at ``eps_max`` (the search cap).
+
+    The search of ``gmbound.drawdown.largest_certified_index`` on the implicit grid
+    ``i * eps_max / (k + 1) ** rounds``: its ``k`` probes per round split the bracket evenly,
+    so it ends after ``rounds`` rounds with the bracket one grid step wide.
+    """
     b = x.shape[0]
     dt, dev = x.dtype, x.device
     kw = dict(x_min=x_min, x_max=x_max, backend=backend, radii_chunk=max(k, 2), crown_batch_size=crown_batch_size)
-    ends = torch.tensor([0.0, eps_max], dtype=dt, device=dev)
-    c = certified(net, x, y, ends, verifier, **kw)                         # [2, B]
-    lo = torch.where(c[0], torch.zeros(b, dtype=dt, device=dev), torch.full((b,), -1.0, dtype=dt, device=dev))
-    lo = torch.where(c[1], torch.full_like(lo, eps_max), lo)
-    hi = torch.full((b,), eps_max, dtype=dt, device=dev)
-    frac = torch.arange(1, k + 1, dtype=dt, device=dev) / (k + 1)        # [K]
-    for _ in range(rounds):
-        open_ = (lo >= 0) & (lo < hi)
-        if not bool(open_.any()):
-            break
-        idx = open_.nonzero().squeeze(1)
-        l, h = lo[idx], hi[idx]
-        r = l[None] + (h - l)[None] * frac[:, None]                       # [K, b]
-        ok = certified(net, x[idx], y[idx], r, verifier, **kw)              # [K, b]
-        new_lo = torch.where(ok, r, torch.full_like(r, -1.0)).amax(0)
-        new_lo = torch.maximum(new_lo, l)
-        above = (~ok) & (r > new_lo[None])
-        new_hi = torch.where(above, r, torch.full_like(r, float("inf"))).amin(0)
-        new_hi = torch.minimum(new_hi, h)
-        lo[idx], hi[idx] = new_lo, new_hi
-    return lo
+    n = (k + 1) ** rounds                                                  # grid steps up to eps_max
+
+    def radius(i: torch.Tensor) -> torch.Tensor:  # float64 first: n can exceed float32's integers
+        return (i.double() * (eps_max / n)).to(dt)
+
+    ends = certified(net, x, y, radius(torch.tensor([0, n], device=dev)), verifier, **kw)       # [2, B]
+    # brackets: (-1, 0) closed for the uncertified at 0, (n, n + 1) for the certified at eps_max
+    lo = torch.where(ends[1], n, torch.where(ends[0], 0, -1)).to(device=dev, dtype=torch.long)
+    hi = torch.where(ends[1], n + 1, torch.where(ends[0], n, 0)).to(device=dev, dtype=torch.long)
+    top = largest_certified_index(lambda s, p: certified(net, x[s], y[s], radius(p), verifier, **kw), lo, hi, k=k)
+    return torch.where(top >= 0, radius(top.clamp_min(0)), torch.full((b,), -1.0, dtype=dt, device=dev))
 
 
 @dataclass
