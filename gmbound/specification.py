@@ -47,10 +47,10 @@ def robust_logits(margin_lb: torch.Tensor, y: torch.Tensor, n_classes: int) -> t
 
 
 def exp_chord_slope(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """Slope of the chord of ``exp`` over ``[lower, upper]``: ``(e^u - e^l) / (u - l) = e^u (1 - e^{-w}) / w``, ``w = u - l``.
+    """Slope of the chord of ``exp`` over ``[l, u]``: ``(e^u - e^l) / (u - l) = e^u (1 - e^{-w}) / w``, ``w = u - l``.
 
     The ``expm1`` form neither cancels for narrow intervals (small eps) nor overflows for wide ones, and at
-    ``w -> 0`` it is the derivative ``e^u (1 - w/2 + w^2/6)``, with finite gradients everywhere.
+    ``w -> 0`` it is the derivative ``e^u (1 - w/2 + w^2/6)`` (to ``w^3``), with finite gradients everywhere.
     """
     width = (upper - lower).clamp(min=0)
     narrow = width < 1e-4

@@ -144,7 +144,8 @@ def test_gm_loss_with_fusion_weighs_the_fused_bounds(stochastic):
 
 
 def test_fused_verified_error_is_a_certificate():
-    """Counted verified: IBP margins > 0 or the CE bound < log 2. No PGD point of a certified sample is misclassified."""
+    """Counted verified: IBP margins > 0 or the CE bound < log 2. No PGD point of a certified sample is
+    misclassified."""
     net, x, y = make_case("mlp", seed=56, batch=64)
     with torch.no_grad():  # confident (CE bounds below log 2 occur) and right: labels = its own predictions
         net[-1].weight.mul_(20)

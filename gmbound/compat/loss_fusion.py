@@ -13,7 +13,8 @@ by ``m = max_j`` (of what the pass sees) for range; trainers add ``m`` back:
   generic graph gives. ``m = max_j u_j``; ``[sum_j exp(l_j - m), sum_j exp(u_j - m)]``.
 * **CROWN-IBP** (a ``"backward"`` call after the IBP call on the same input): the chord of
   ``exp`` over ``[l_j, u_j]`` bounds it from above, ``exp(z_j - m) <= k_j z_j + c_j``, with
-  ``k_j = (e^{u_j - m} - e^{l_j - m}) / max(u_j - l_j, 1e-8)`` and
+  ``k_j = (e^{u_j - m} - e^{l_j - m}) / (u_j - l_j)`` (``specification.exp_chord_slope``, shared with
+  ``gm_loss(loss_fusion=True)``; the derivative at zero width) and
   ``c_j = e^{l_j - m} - k_j l_j``; ``m`` is detached here. So ``sum_j exp(z_j - m)`` is at most
   ``lam . y + sum_j c_j`` with ``lam = k - (sum_j k_j) e_label``: **one** row, bounded above by
   a CROWN-IBP back-substitution through the model (the non-fused loss needs ``K = n - 1`` rows).
@@ -25,6 +26,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..specification import exp_chord_slope
 
 Interval = tuple[torch.Tensor, torch.Tensor]
 
@@ -88,10 +91,10 @@ def exp_chord(z_lower: torch.Tensor, z_upper: torch.Tensor, labels: torch.Tensor
     """
     m = z_upper.max(dim=-1, keepdim=True)[0].detach()
     lo, hi = z_lower - m, z_upper - m
-    exp_lo, exp_hi = torch.exp(lo), torch.exp(hi)
-    k = (exp_hi - exp_lo) / (hi - lo).clamp(min=1e-8)   # chord slope; 0-width rows (the label) give 0
+    exp_lo = torch.exp(lo)
+    k = exp_chord_slope(lo, hi)   # the native loss fusion's chord slope (no overflow, no cancellation)
     if k.requires_grad:
-        k = k.clamp(min=1e-8)
+        k = k.clamp(min=1e-8)     # auto_LiRPA's floor on the slope while training
     # exp(z - m) <= k (z - lo - m) + exp(lo) = k z + (exp(lo) - k lo) - k m
     const = (exp_lo - lo * k).sum(dim=-1) - k.sum(dim=-1) * m.squeeze(-1)
     lam = k - k.sum(dim=-1, keepdim=True) * F.one_hot(labels, k.shape[-1]).to(k.dtype)
