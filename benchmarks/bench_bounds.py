@@ -19,9 +19,11 @@ Options beyond the grid:
   adaptive slopes, one ``compute_bounds`` per radius; the GM loss summed over the loop), when
   ``auto_LiRPA`` imports (put its source on PYTHONPATH; it is not a dependency of gmbound);
 * ``--flops``: count the floating-point operations of the products of the gm-train step (the
-  reference path under ``torch.utils.flop_counter``, untiled: every convolution and matrix product
-  of the bound pass and of its backward, 2 per multiply-add, with torch's FLOP formulas) and report the fraction of the CPU's
-  FP32 FMA peak each backend reaches (``--peak-gflops``, else cores x FLOP/cycle x clock);
+  reference path under ``torch.utils.flop_counter``, in the compiled step's tiles: every convolution
+  and matrix product of the bound pass and of its backward, 2 per multiply-add, with torch's FLOP
+  formulas) and report
+  each backend's rate as a fraction of a large (2048^3) sgemm's rate, measured in the same rounds as
+  the steps (per CPU second and per wall second; ``--peak-gflops`` adds a given peak);
 * a summary of cost(N) / cost(N = 1) per model, task, backend and batch (when N = 1 was run). Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak of the C heap
 in use above its level before the call (glibc ``mallinfo2``, sampled every millisecond: an
 estimate that can miss very short peaks; "n/a" where glibc is not there).
@@ -81,6 +83,8 @@ class Result:
     cpu_median_s: Optional[float] = None  # process CPU time (all threads) of one call, median
     cpu_times_s: Optional[list] = None
     gflop: Optional[float] = None          # FLOPs of the step's products (--flops), in 1e9
+    sgemm_cpu_gflops: Optional[float] = None   # a 2048^3 sgemm timed in the same rounds (--flops): per CPU second
+    sgemm_wall_gflops: Optional[float] = None  # ... and per wall second
 
 
 # ----------------------------------------------------------------------------- environment
@@ -286,8 +290,19 @@ def lirpa_task_fn(task: str, model, x, y, eps: float, n_radii: int) -> Callable[
 def count_step_gflop(model, x, y, eps: float, n_radii: int) -> float:
     """FLOPs (1e9) of the convolutions and matrix products of one GM-CROWN-IBP step, forward and backward.
 
-    Counted on the reference path, untiled, with ``torch.utils.flop_counter`` (2 FLOPs per
-    multiply-add): the products the step must do; the element-wise work around them is not counted.
+    Counted on the reference path with ``torch.utils.flop_counter`` (2 FLOPs per multiply-add), in the
+    tiles the compiled step runs in (what it recomputes per tile, the clean logits and the first layer's
+    centre, included; a tile's memory instead of the whole step's): the products the step does; the
+    element-wise work around them is not counted.
+    """
+    return count_gflop(task_fn("gm-train", model, x, y, eps, n_radii, "reference"), untiled=False)
+
+
+def count_gflop(fn: Callable[[], None], untiled: bool = True) -> float:
+    """FLOPs (1e9) of the convolutions and matrix products ``fn()`` runs (see ``count_step_gflop``).
+
+    ``untiled=False`` counts under the default tile budget: the same products in pieces, plus what each
+    tile recomputes (the clean logits, the first layer's centre); it needs a tile's memory, not the step's.
     """
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
@@ -307,41 +322,13 @@ def count_step_gflop(model, x, y, eps: float, n_radii: int) -> float:
                 Count.total += flop_registry[packet](*args, **kwargs, out_val=out)
             return out
 
-    set_tile_budget(0)
+    set_tile_budget(0 if untiled else None)
     try:
-        fn = task_fn("gm-train", model, x, y, eps, n_radii, "reference")
         with Count():
             fn()
     finally:
         set_tile_budget(None)
     return Count.total / 1e9
-
-
-def cpu_peak_gflops(threads: int, flops_per_cycle: Optional[float]) -> tuple[float, str]:
-    """FP32 FMA peak of ``threads`` cores from the clock in /proc/cpuinfo, and how it was derived."""
-    mhz, flags, vendor = None, "", ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                key = key.strip()
-                if key == "cpu MHz" and mhz is None:
-                    mhz = float(val)
-                elif key == "flags" and not flags:
-                    flags = val
-                elif key == "vendor_id" and not vendor:
-                    vendor = val.strip()
-    except OSError:
-        pass
-    if flops_per_cycle is None:
-        # two FMA pipes per core: 512-bit on Intel AVX-512 server parts; AMD Zen 4 runs AVX-512 on
-        # 256-bit pipes (double-pumped), like AVX2 + FMA cores: 2 pipes x 8 lanes x 2 FLOPs
-        wide = "avx512f" in flags.split() and vendor == "GenuineIntel"
-        flops_per_cycle = 64.0 if wide else 32.0 if "fma" in flags.split() else 8.0
-    if mhz is None:
-        return float("nan"), "unknown clock"
-    peak = threads * flops_per_cycle * mhz / 1e3
-    return peak, f"{threads} core(s) x {flops_per_cycle:g} FP32 FLOP/cycle x {mhz:.0f} MHz (cpuinfo)"
 
 
 def available_backends(device: torch.device, wanted: Optional[list[str]], lirpa: bool = False) -> list[str]:
@@ -388,12 +375,18 @@ def run_case(name, n_radii, task, batch, device, backends, repeats, flops: bool 
         fn()
     times = {b: [] for b in backends}
     cpu = {b: [] for b in backends}
+    probe = flops and task == "gm-train" and device.type == "cpu"
+    sgemm_rates: list[tuple[float, float]] = []
     for _ in range(repeats):
         for b in backends:  # interleaved, so background load hits all backends alike
             wall, proc = timed(fns[b], device)
             times[b].append(wall)
             cpu[b].append(proc)
+        if probe:  # the denominator of the FLOP rates, measured in the same rounds as the steps
+            sgemm_rates.append(sgemm_gflops(repeats=3))
     gflop = count_step_gflop(model, x, y, eps, n_radii) if flops and task == "gm-train" else None
+    sgemm_wall = statistics.median(r[0] for r in sgemm_rates) if sgemm_rates else None
+    sgemm_cpu = statistics.median(r[1] for r in sgemm_rates) if sgemm_rates else None
     results = []
     for b in backends:
         med = statistics.median(times[b])
@@ -401,7 +394,8 @@ def run_case(name, n_radii, task, batch, device, backends, repeats, flops: bool 
         unit = "bounds/s" if task != "gm-train" else "samples/s"
         results.append(Result(name, n_radii, task, b, batch, med, times[b], work / med, unit,
                               peak_memory_mb(fns[b], device), cpu_median_s=statistics.median(cpu[b]),
-                              cpu_times_s=cpu[b], gflop=gflop))
+                              cpu_times_s=cpu[b], gflop=gflop, sgemm_cpu_gflops=sgemm_cpu,
+                              sgemm_wall_gflops=sgemm_wall))
     for r in results:  # against the reference at the same tile budget (or the plain reference)
         suffix = r.backend[r.backend.index("@"):] if "@" in r.backend else ""
         ref = next((q for q in results if q.backend == "reference" + suffix), None)
@@ -450,48 +444,61 @@ def scaling_lines(results: list[Result]) -> list[str]:
     return lines
 
 
-def sgemm_gflops() -> tuple[float, float]:
-    """GFLOP/s of a 2048^3 float32 matrix product at the current thread count: per wall and per CPU second.
+SGEMM_SIZE = 2048
 
-    A practical ceiling to read the peak against (the clock the cores really run at is not visible
-    in a VM without cycle counters)."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+
+def sgemm_gflops(repeats: int = 5) -> tuple[float, float]:
+    """GFLOP/s of a 2048^3 float32 matrix product at the current thread count: per wall and per CPU second (medians).
+
+    The ceiling the FLOP rates of ``--flops`` are read against: the clock the cores really run at is not
+    visible in a VM without cycle counters (cpuinfo gives the nominal one), and a large sgemm is the
+    fastest dense FP32 work the BLAS does on this machine, under the same load as the steps."""
+    a, b = torch.randn(SGEMM_SIZE, SGEMM_SIZE), torch.randn(SGEMM_SIZE, SGEMM_SIZE)
     a @ b
     walls, cpus = [], []
-    for _ in range(5):
+    for _ in range(repeats):
         wall, cpu = timed(lambda: a @ b, torch.device("cpu"))
         walls.append(wall)
         cpus.append(cpu)
-    flop = 2 * 2048 ** 3 / 1e9
+    flop = 2 * SGEMM_SIZE ** 3 / 1e9
     return flop / statistics.median(walls), flop / statistics.median(cpus)
 
 
-def flop_lines(results: list[Result], peak_gflops: float, how: str, threads: int) -> list[str]:
-    """Achieved GFLOP/s per wall second (against ``threads`` cores' peak) and per CPU second (one core's)."""
-    core_peak = peak_gflops / max(1, threads)
-    wall_rate, cpu_rate = sgemm_gflops()
-    lines = [f"FP32 FMA peak: {peak_gflops:.1f} GFLOP/s ({how})",
-             f"for scale, a 2048^3 float32 matmul here: {wall_rate:.1f} GFLOP/s per wall second, "
-             f"{cpu_rate:.1f} per CPU second"]
+def flop_lines(results: list[Result], threads: int, peak_gflops: Optional[float] = None, how: str = "") -> list[str]:
+    """Each step's FLOP rate as a fraction of the large-sgemm rate measured in the same rounds.
+
+    Per CPU second (what one step cost; at one thread robust to other jobs on the machine) and per wall
+    second (against the sgemm's wall rate at the same thread count). ``peak_gflops`` (given with
+    ``--peak-gflops``): also the fraction of that FP32 peak, flagged where a measured rate exceeds it.
+    """
+    lines = []
+    if peak_gflops:
+        lines.append(f"FP32 peak given: {peak_gflops:.1f} GFLOP/s on {threads} thread(s) {how}".rstrip())
+    rates = []
     for r in results:
         if r.gflop is None:
             continue
-        rate = r.gflop / r.median_s
-        line = (f"{r.model:15s} N={r.n_radii:<3d} {r.backend:16s} batch {r.batch:4d}: {r.gflop:.1f} GFLOP in "
-                f"{r.median_s:.3f} s wall = {rate:.1f} GFLOP/s = {100 * rate / peak_gflops:.1f} % of peak")
+        wall = r.gflop / r.median_s
+        line = f"{r.model:15s} N={r.n_radii:<3d} {r.backend:16s} batch {r.batch:4d}: {r.gflop:.1f} GFLOP"
         if r.cpu_median_s:
             cpu = r.gflop / r.cpu_median_s
-            line += (f"; in {r.cpu_median_s:.3f} s CPU = {cpu:.1f} GFLOP per CPU second = "
-                     f"{100 * cpu / core_peak:.1f} % of one core's peak")
+            rates.append(cpu)
+            line += f" in {r.cpu_median_s:.3f} s CPU = {cpu:.1f} GFLOP per CPU second"
+            if r.sgemm_cpu_gflops:
+                line += f" = {100 * cpu / r.sgemm_cpu_gflops:.1f} % of the sgemm's {r.sgemm_cpu_gflops:.1f}"
+        line += f"; in {r.median_s:.3f} s wall = {wall:.1f} GFLOP/s"
+        if r.sgemm_wall_gflops:
+            line += f" = {100 * wall / r.sgemm_wall_gflops:.1f} % of the sgemm's {r.sgemm_wall_gflops:.1f}"
+        if peak_gflops:
+            line += f" = {100 * wall / peak_gflops:.1f} % of the given peak"
         lines.append(line)
-    rates = [wall_rate / max(1, threads), cpu_rate] + [r.gflop / r.cpu_median_s for r in results
-                                                      if r.gflop is not None and r.cpu_median_s]
-    if max(rates) > core_peak:
-        # A rate above the peak means the clock behind it is too low: a virtual machine's cpuinfo
-        # gives the nominal clock while the cores boost above it.
-        lines.append(f"warning: {max(rates):.1f} GFLOP per CPU second was measured above one core's peak of "
-                     f"{core_peak:.1f}: the clock the peak assumes is below the one the cores run at, so every "
-                     f"fraction above is too high; give the part's boost clock via --peak-gflops")
+    if any(r.sgemm_cpu_gflops for r in results):
+        lines.append(f"(sgemm: a {SGEMM_SIZE}^3 float32 matmul timed 3 times in every round of each case, between "
+                     f"the steps; medians)")
+        rates += [r.sgemm_cpu_gflops for r in results if r.sgemm_cpu_gflops]
+    if peak_gflops and rates and max(rates) > peak_gflops / max(1, threads):
+        lines.append(f"warning: {max(rates):.1f} GFLOP per CPU second was measured above one core's share of the "
+                     f"given peak ({peak_gflops / max(1, threads):.1f}): the peak is too low")
     return lines
 
 
@@ -516,9 +523,8 @@ def main(argv=None) -> int:
     p.add_argument("--flops", action="store_true",
                    help="count the FLOPs of the gm-train step's products and report the fraction of peak")
     p.add_argument("--peak-gflops", type=float, default=None,
-                   help="FP32 peak to compare with (default: threads x FLOP/cycle x clock from /proc/cpuinfo)")
-    p.add_argument("--flops-per-cycle", type=float, default=None,
-                   help="FP32 FLOP per cycle per core for the peak (default: 32 with AVX2/AVX-512 on 256-bit pipes)")
+                   help="also report the fraction of this FP32 peak (GFLOP/s for all threads); the default "
+                        "denominator is a large sgemm measured in the same run")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="CPU: let glibc keep freed memory for reuse, as `gmbound train` does "
                         "(gmbound.cpu_allocator); off by default, as a program using the library gets it")
@@ -564,12 +570,8 @@ def main(argv=None) -> int:
         print()
         print("\n".join(scaling))
     if args.flops and device.type == "cpu":
-        if args.peak_gflops:
-            peak, how = args.peak_gflops, "given"
-        else:
-            peak, how = cpu_peak_gflops(torch.get_num_threads(), args.flops_per_cycle)
         print()
-        print("\n".join(flop_lines(results, peak, how, torch.get_num_threads())))
+        print("\n".join(flop_lines(results, torch.get_num_threads(), args.peak_gflops)))
     if args.markdown:
         print()
         print(markdown(results))
