@@ -431,11 +431,11 @@ def _error_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
     from .data import DataError
     from .evaluate import UnsoundBoundError
     from .runlock import RunLockedError
-    from .train import TrainingDivergedError
+    from .train import DistributedRunError, TrainingDivergedError
     from .validation import BoundInputError
 
     return ((ConfigError, DataError, CheckpointError, RunLockedError, BoundInputError, OSError),
-            (TrainingDivergedError, UnsoundBoundError))
+            (TrainingDivergedError, UnsoundBoundError, DistributedRunError))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

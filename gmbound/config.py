@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",            # auto (cuda when available), cpu, cuda, or cuda:<index>
     "threads": None,             # torch CPU threads (None: torch's default); 1 is faster on shared cores
     "keep_freed_memory": True,   # on CPU, glibc keeps freed memory for reuse (gmbound.cpu_allocator)
+    "dist_timeout": 1800.0,      # torchrun runs: seconds a collective waits for the other processes before
+                                 # the run stops with an error (a dead or stuck rank); above rank 0's test pass
     "data": {
         "name": "embedded-mnist",
         "dir": None,             # torchvision layout; not needed for embedded-mnist
@@ -136,7 +138,7 @@ _TYPES: dict[str, tuple] = {
 # Keys that may change between a run and its resumption without changing the result.
 RESUME_MUTABLE = ("train.epochs", "train.progress", "train.tensorboard", "train.keep_checkpoints",
                   "data.dir", "data.download", "data.num_workers", "device", "out_dir", "threads",
-                  "keep_freed_memory")
+                  "keep_freed_memory", "dist_timeout")
 
 
 # ----------------------------------------------------------------------------- flat views
@@ -431,6 +433,8 @@ def validate(cfg: dict, check_paths: bool = True) -> dict:
            cfg["threads"])
     _check(cfg["device"] in DEVICES or str(cfg["device"]).startswith("cuda:"), "device",
            "must be auto, cpu, cuda or cuda:<index>", cfg["device"])
+    _check(math.isfinite(cfg["dist_timeout"]) and cfg["dist_timeout"] > 0, "dist_timeout",
+           "must be a positive number of seconds", cfg["dist_timeout"])
     parse_eps_grid(e["eps_grid"])
     e["verifiers"] = parse_verifiers(e["verifiers"])
     for key in ("pgd_steps", "pgd_restarts"):

@@ -7,10 +7,15 @@ installed), and writes a checkpoint atomically after every epoch. ``resume=True`
 from that checkpoint to bitwise the same weights as an uninterrupted run.
 
 Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) it trains data-parallel: each process takes
-``batch_size / world_size`` samples of every batch (``DistributedSampler``), and the gradients
-are averaged with ``all_reduce`` after backward. (The bound engine reads the parameters
-directly rather than calling the model's ``forward``, so DistributedDataParallel's gradient
-hooks would not fire; averaging by hand is the simple, correct equivalent.) Only rank 0 writes.
+``batch_size / world_size`` samples of every batch (``DistributedSampler``) and the model runs in
+``torch.nn.parallel.DistributedDataParallel``. The bound engine reads the parameters without
+calling the model's ``forward``, so DDP wraps ``TrainingLoss``, a module whose ``forward`` is the
+whole training loss (the natural pass and the bound passes, ``compute_loss``): DDP's reducer sees
+every step, averages the gradients in buckets that overlap the all-reduce with the backward pass,
+and broadcasts rank 0's buffers (BatchNorm statistics) before every forward, as PyTorch documents.
+The backend follows the device (nccl on CUDA, gloo on CPU); a collective that waits longer than
+the config key ``dist_timeout`` (seconds) for a dead or stuck process stops the run with
+``DistributedRunError`` instead of hanging. Only rank 0 writes (checkpoints, log).
 
 A run holds an exclusive lock on its folder (``gmbound.runlock``) from start to end, so a second
 run into the same folder is refused. A non-finite loss or non-finite weights stop the run with
@@ -96,44 +101,107 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def setup_distributed(device: torch.device) -> DistContext:
-    """Join the process group when launched by ``torchrun`` (gloo on CPU, nccl on CUDA)."""
+class DistributedRunError(RuntimeError):
+    """A collective with the other processes failed or timed out: a process died or is stuck."""
+
+
+# What gloo, nccl and c10d put in the RuntimeErrors of a lost peer or a timed-out collective
+# (gloo raises plain RuntimeErrors: "Connection reset by peer", "Timed out waiting 3000ms ...").
+_COLLECTIVE_FAILURE_WORDS = ("gloo", "nccl", "c10d", "timed out", "connection reset", "connection closed",
+                             "connection refused", "broken pipe")
+
+
+def collective_failure(err: BaseException, ctx: DistContext, timeout_s: float) -> Optional[DistributedRunError]:
+    """``err`` restated as a ``DistributedRunError`` when it is a failed collective of a multi-process
+    run (a peer gone or a collective past ``timeout_s``), else ``None``."""
+    if not ctx.enabled:
+        return None
+    import torch.distributed as dist
+
+    dist_error = getattr(dist, "DistError", ())
+    text = str(err).strip()
+    if not (isinstance(err, dist_error) or (isinstance(err, RuntimeError) and any(
+            word in text.lower() for word in _COLLECTIVE_FAILURE_WORDS))):
+        return None
+    first = text.splitlines()[0] if text else type(err).__name__
+    return DistributedRunError(
+        f"rank {ctx.rank} of {ctx.world_size}: a collective with the other processes failed or waited more "
+        f"than dist_timeout = {timeout_s:g} s, so another process died or is stuck (its own output says "
+        f"why); stopping. ({first[:300]})")
+
+
+def setup_distributed(device: torch.device, timeout_s: float = 1800.0) -> DistContext:
+    """Join the process group when launched by ``torchrun`` (nccl on CUDA, gloo on CPU).
+
+    ``timeout_s`` bounds the rendezvous and every collective: a process that dies or hangs stops
+    the others with an error after at most that long (config key ``dist_timeout``).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
+    import datetime
+
     import torch.distributed as dist
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    ctx = DistContext(rank, world, local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return DistContext(rank, world, local)
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout_s))
+        except Exception as err:
+            failure = collective_failure(err, ctx, timeout_s)
+            if failure is None:
+                raise
+            raise DistributedRunError(f"{failure} The rendezvous at MASTER_ADDR:MASTER_PORT = "
+                                      f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
+                                      "did not gather every process.") from err
+    return ctx
 
 
-def average_gradients(parameters, world_size: int) -> None:
-    """All-reduce (sum) every gradient and divide by ``world_size``: with equal per-process batch
-    sizes and batch-mean losses this is exactly the gradient of the whole batch."""
-    if world_size <= 1:
-        return
-    import torch.distributed as dist
+class TrainingLoss(nn.Module):
+    """The training loss of one batch as a module's ``forward``: what DistributedDataParallel wraps.
 
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])  # one collective instead of one per tensor
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
-        offset += n
+    ``forward(x, y, values, generator)`` runs ``compute_loss``: the natural pass and the bound
+    passes over ``model``'s parameters (read by the bound engine, not through ``model.forward``).
+    Wrapped in DDP, every step then goes through DDP's forward, so its reducer is prepared for the
+    backward that follows and its gradient hooks average the gradients as they are produced.
+    """
+
+    def __init__(self, model: nn.Module, tcfg: dict, x_min: float, x_max: float):
+        super().__init__()
+        self.net = BoundedSequential(model)
+        self.tcfg, self.x_min, self.x_max = tcfg, x_min, x_max
+
+    @property
+    def model(self) -> nn.Module:
+        return self.net.model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, values: ScheduleValues,
+                generator: Optional[torch.Generator] = None) -> GMLossResult:
+        return compute_loss(self.net, x, y, values, self.tcfg, self.x_min, self.x_max, generator)
 
 
-def broadcast_parameters(model: nn.Module) -> None:
-    import torch.distributed as dist
+def data_parallel(loss: TrainingLoss, device: torch.device, ctx: DistContext) -> nn.Module:
+    """``loss`` in DistributedDataParallel for a multi-process run, else ``loss`` itself.
 
-    for t in list(model.parameters()) + list(model.buffers()):
-        dist.broadcast(t.data, 0)
+    DDP broadcasts rank 0's parameters and buffers when it is built (so every replica starts
+    equal, a resumed run too) and rank 0's buffers before every forward (``broadcast_buffers``);
+    a train-mode BatchNorm normalises each process's share of the batch with that share's
+    statistics (PyTorch's DDP semantics; no SyncBatchNorm). ``find_unused_parameters=False``:
+    every parameter takes part in the natural pass f(x) of every step (a zero weight such as
+    kappa = 0 still gives it a gradient), so DDP need not walk the autograd graph each step looking
+    for unused ones; a model with a parameter outside f(x) makes DDP stop at the next step with its
+    own error listing the parameters that got no gradient.
+    """
+    if not ctx.enabled:
+        return loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return DistributedDataParallel(loss, device_ids=[index], find_unused_parameters=False)
+    return DistributedDataParallel(loss, find_unused_parameters=False)
 
 
 # ----------------------------------------------------------------------------- model and data
@@ -216,16 +284,17 @@ def compute_loss(net: BoundedSequential, x: torch.Tensor, y: torch.Tensor, value
                    loss_fusion=bool(tcfg.get("loss_fusion", False)))
 
 
-def train_step(net: BoundedSequential, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               values: ScheduleValues, tcfg: dict, x_min: float, x_max: float,
-               generator: Optional[torch.Generator] = None, world_size: int = 1) -> GMLossResult:
-    """Loss, backward, gradient averaging over processes, clipping, optimiser step."""
-    result = compute_loss(net, x, y, values, tcfg, x_min, x_max, generator)
+def train_step(loss: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               values: ScheduleValues, generator: Optional[torch.Generator] = None,
+               grad_clip: Optional[float] = None) -> GMLossResult:
+    """Loss, backward, clipping, optimiser step. ``loss``: a ``TrainingLoss``, or one in
+    DistributedDataParallel (``data_parallel``), whose backward then averages the gradients over
+    the processes, so the clipping sees the gradient of the whole batch."""
     optimizer.zero_grad(set_to_none=True)
+    result = loss(x, y, values, generator)
     result.loss.backward()
-    average_gradients(net.model.parameters(), world_size)
-    if tcfg["grad_clip"] is not None:
-        torch.nn.utils.clip_grad_norm_(net.model.parameters(), tcfg["grad_clip"])
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(loss.parameters(), grad_clip)
     optimizer.step()
     return result
 
@@ -338,12 +407,11 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
     start_time = time.time()
     if cfg["threads"] is not None:
         torch.set_num_threads(cfg["threads"])
-    pre_device = resolve_device(cfg["device"], int(os.environ.get("LOCAL_RANK", "0")))
-    ctx = setup_distributed(pre_device)
-    device = pre_device
+    device = resolve_device(cfg["device"], int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-    elif cfg["keep_freed_memory"]:
+        torch.cuda.set_device(device)  # before the process group: nccl binds each process to its GPU
+    ctx = setup_distributed(device, cfg["dist_timeout"])
+    if device.type != "cuda" and cfg["keep_freed_memory"]:
         keep_freed_memory()  # bound steps reallocate Lambda-sized blocks every step (see cpu_allocator)
     folder = config_out_dir(cfg)
     ckpt_path = folder / CHECKPOINT_NAME
@@ -354,6 +422,11 @@ def train(cfg: dict, *, resume: bool = False, overwrite: bool = False, stop_afte
     try:
         return _train_locked(cfg, ctx, device, folder, ckpt_path, resume, overwrite, stop_after_epoch,
                              on_epoch_end, quiet, start_time)
+    except Exception as err:  # a dead or stuck peer: say so instead of a bare transport error
+        failure = collective_failure(err, ctx, cfg["dist_timeout"])
+        if failure is None:
+            raise
+        raise failure from err
     finally:
         if lock is not None:
             lock.release()
@@ -398,7 +471,6 @@ def _train_locked(cfg: dict, ctx: DistContext, device: torch.device, folder: Pat
     _seed_everything(cfg["seed"])
     train_loader, test_loader = build_loaders(cfg, ctx)
     model = build_run_model(cfg).to(device)
-    net = BoundedSequential(model)
     optimizer = make_optimizer(model, tcfg)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=tcfg["lr_milestones"],
                                                      gamma=tcfg["lr_gamma"])
@@ -419,8 +491,9 @@ def _train_locked(cfg: dict, ctx: DistContext, device: torch.device, folder: Pat
         if ctx.is_main and not quiet:
             print(f"resuming {ckpt_path} after epoch {epoch} (step {step})")
     saved_epoch = epoch
-    if ctx.enabled:
-        broadcast_parameters(model)
+    training_loss = TrainingLoss(model, tcfg, x_min, x_max)
+    net = training_loss.net
+    loss_fn = data_parallel(training_loss, device, ctx)  # DDP from here on: built after a resume's load
 
     log = None
     if ctx.is_main:
@@ -443,7 +516,7 @@ def _train_locked(cfg: dict, ctx: DistContext, device: torch.device, folder: Pat
             for x, y in bar:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 values = schedule(step) if tcfg["method"] != "natural" else ScheduleValues(0.0, 1.0, 1.0)
-                result = train_step(net, optimizer, x, y, values, tcfg, x_min, x_max, grt_gen, ctx.world_size)
+                result = train_step(loss_fn, optimizer, x, y, values, grt_gen, tcfg["grad_clip"])
                 step += 1
                 b = len(y)
                 loss = float(result.loss.detach())
@@ -455,10 +528,12 @@ def _train_locked(cfg: dict, ctx: DistContext, device: torch.device, folder: Pat
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss:.3f}", err=f"{float(result.natural_error):.3f}",
                                     verr=f"{ver:.3f}", eps=f"{values.eps:.4f}", refresh=False)
-            if ctx.enabled:
+            if ctx.enabled:  # the epoch's log statistics (gradients are DDP's business)
                 import torch.distributed as dist
 
+                sums = sums.to(device)  # nccl reduces CUDA tensors only
                 dist.all_reduce(sums)
+                sums = sums.cpu()
             bad = _non_finite_weights(model)
             if bad:
                 raise _diverged(f"non-finite weights ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})",

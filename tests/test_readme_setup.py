@@ -70,20 +70,28 @@ def test_build_requirements_are_in_the_install_command():
             assert _name(requirement) in named, requirement
 
 
+OPTIONAL_CHECKS = ("importorskip", "find_spec")  # a test that asks first skips without the package
+
+
 def _imported_modules(path: Path) -> set[str]:
+    """Top-level names of the modules ``path`` imports, less those it checks for first
+    (``pytest.importorskip("x")``, ``importlib.util.find_spec("x")``)."""
     tree = ast.parse(path.read_text(), str(path))
-    names = set()
+    names, optional = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
-    return names
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in OPTIONAL_CHECKS
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            optional.add(node.args[0].value.split(".")[0])
+    return names - optional
 
 
 def test_every_package_the_tests_import_is_in_the_project_metadata():
-    """A fresh venv holds only what pyproject.toml names: a test importing anything else fails there
-    (optional packages go through ``pytest.importorskip``, which this does not see)."""
+    """A fresh venv holds only what pyproject.toml names: a test importing anything else fails there,
+    unless it checks for the package first and skips."""
     project = _pyproject()["project"]
     declared = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]}
     local = {p.stem for p in (ROOT / "tests").glob("*.py")} | {"gmbound", "__future__"}
