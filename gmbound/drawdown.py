@@ -95,28 +95,40 @@ def pgd_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: Sequence
     the radii PGD runs at (default all). ``skip [N, B]``: sample-radius pairs not to attack
     (certified ones; None: attack every unbroken sample). A point found at radius ``r`` lies in
     the clipped box of every larger radius, so it stays the sample's adversarial point upward.
-    Deterministic given ``generator``'s state.
+
+    The attacks run in waves: each wave attacks every unbroken sample at *its own* next radius
+    (per-sample radii in one call). Every sample meets the same radii in the same order as in a
+    radius-by-radius loop, but samples whose certified radii differ share calls, so the few
+    samples left to attack at each radius are not run in batches of a handful. Without ``skip``
+    the waves are the radii. Deterministic given ``generator``'s state.
     """
     n, b = len(grid), x.shape[0]
     attack_at = [True] * n if attack_at is None else list(attack_at)
     dev = x.device
-    broken_now = clean_wrong.to(dev).clone()
-    broken = torch.zeros(n, b, dtype=torch.bool, device=dev)
-    broken_at = torch.where(broken_now, 0, -1).to(device=dev, dtype=torch.long)
+    radii = torch.tensor(grid, dtype=x.dtype, device=dev)
+    # candidates [N, B]: radius i is attacked for sample b if PGD runs there and the pair is not skipped
+    cand = (torch.tensor(attack_at, device=dev) & (radii > 0))[:, None].expand(n, b).clone()
+    if steps <= 0:
+        cand[:] = False
+    if skip is not None:
+        cand &= ~skip.to(dev)
+    rows = torch.arange(n, device=dev)[:, None]
+    broken_at = torch.where(clean_wrong.to(dev), 0, -1).to(dtype=torch.long)
+    cursor = torch.zeros(b, dtype=torch.long, device=dev)          # radii below it are done, per sample
     x_adv = x.detach().clone()
     attacks = 0
-    for i, e in enumerate(grid):
-        todo = ~broken_now
-        if skip is not None:
-            todo &= ~skip[i].to(dev)
-        if attack_at[i] and e > 0 and steps > 0 and bool(todo.any()):
-            idx = todo.nonzero().squeeze(1)
-            adv, ok = pgd_attack(model, x[idx], y[idx], e, steps=steps, step_size=step_size, restarts=restarts,
-                                 x_min=x_min, x_max=x_max, loss=loss, generator=generator)
-            attacks += len(idx)
-            hit = idx[ok]
-            broken_now[hit] = True
-            broken_at[hit] = i
-            x_adv[hit] = adv[ok]
-        broken[i] = broken_now
+    while True:
+        live = cand & (rows >= cursor[None]) & (broken_at < 0)[None]
+        todo = live.any(0)
+        if not bool(todo.any()):
+            break
+        idx = todo.nonzero().squeeze(1)
+        at = live[:, idx].long().argmax(0)                            # each sample's next radius index
+        adv, ok = pgd_attack(model, x[idx], y[idx], radii[at], steps=steps, step_size=step_size, restarts=restarts,
+                             x_min=x_min, x_max=x_max, loss=loss, generator=generator)
+        attacks += len(idx)
+        broken_at[idx[ok]] = at[ok]
+        x_adv[idx[ok]] = adv[ok]
+        cursor[idx] = at + 1
+    broken = (broken_at >= 0)[None] & (rows >= broken_at[None])
     return PgdSweep(broken.cpu(), broken_at.cpu(), x_adv, attacks)
