@@ -140,9 +140,12 @@ def main(argv=None) -> int:
                 fns["auto_LiRPA loop"] = lirpa_step(args.lirpa, model, x, y, eps, mode)
             first = {k: fn() for k, fn in fns.items()}  # warm-up; the robust loss of each variant
             times = {k: [] for k in fns}
-            for _ in range(args.repeats):
+            for rnd in range(args.repeats):
                 for k, fn in fns.items():
                     times[k].append(timed(fn, device))
+                    wall, cpu = times[k][-1]
+                    print(f"# {name} {mode} round {rnd + 1}: {k} {wall:.3f} s wall, {cpu:.3f} s CPU", file=sys.stderr,
+                          flush=True)
             gflop = {}
             if args.flops:
                 for k, fusion in (("fused", True), ("margins", False)):

@@ -9,6 +9,7 @@ the compiled path equal to the reference, and finite values at very large margin
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,38 @@ def test_refusals():
         gmbound.BoundedSequential(net).fused_cross_entropy(x, y, 0.1, method="crown")
     with pytest.raises(gmbound.BoundInputError, match="labels"):
         gmbound.BoundedSequential(net).fused_cross_entropy(x, y + 10, 0.1)
+
+
+# ----------------------------------------------------------------------------- config and CLI
+def test_config_key_defaults_off_and_the_cli_flag_sets_it(monkeypatch, tmp_path):
+    from gmbound import cli, config
+    from gmbound import train as train_module
+    assert config.DEFAULTS["train"]["loss_fusion"] is False  # old checkpoints resume unchanged
+    assert config.config_diff({"train": {}}, {"train": {"loss_fusion": False}}) == []
+    seen = {}
+
+    def fake_train(cfg, **kw):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+    monkeypatch.setattr(train_module, "train", fake_train)
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    base = ["train", "--config", str(demo), f"out_dir={tmp_path}"]
+    for extra, want in (([], False), (["--loss-fusion"], True), (["train.loss_fusion=true"], True)):
+        seen.clear()
+        with pytest.raises(SystemExit):
+            cli.main(base + extra)
+        assert seen["cfg"]["train"]["loss_fusion"] is want
+
+
+def test_compute_loss_passes_loss_fusion_on():
+    from gmbound.schedules import ScheduleValues
+    from gmbound.train import compute_loss
+    net, x, y = make_case("cnn", seed=61, batch=4)
+    tcfg = dict(method="gm-crown-ibp", n_radii=3, stochastic=False, weights="inverse", backend="reference")
+    values = ScheduleValues(eps=0.2, kappa=0.5, beta=1.0)
+    bounded = gmbound.BoundedSequential(net)
+    plain = compute_loss(bounded, x, y, values, dict(tcfg, loss_fusion=False), 0.0, 1.0)
+    fusion = compute_loss(bounded, x, y, values, dict(tcfg, loss_fusion=True), 0.0, 1.0)
+    want = gm_loss(net, x, y, 0.2, n_radii=3, beta=1.0, x_min=0.0, x_max=1.0, backend="reference", loss_fusion=True)
+    torch.testing.assert_close(fusion.loss, want.loss)
+    assert not torch.allclose(plain.loss, fusion.loss)
