@@ -376,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--exhaustive", action="store_true",
                    help="bound every radius of the grid and attack every unbroken sample at every PGD radius "
                         "(default: per sample the largest certified radius by bisection over the grid, PGD only "
-                        "where neither certified nor broken; IBP numbers are the same, CROWN-IBP's can only "
-                        "rise except for isolated certificates above a gap)")
+                        "where neither certified nor broken; IBP numbers are the same; CROWN-IBP's are as "
+                        "sound and can differ either way at a few samples, its bound not being monotone in eps)")
     e.add_argument("--no-pgd-audit", action="store_true",
                    help="bisection mode: skip the one attack per certified sample at its largest certified radius")
     e.add_argument("--data-dir", help="override the checkpoint config's data.dir")

@@ -16,7 +16,10 @@ out="results/mnist_table3/$arm"
 eps="$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['train']['eps'])" "$run/config.yaml")"
 mkdir -p "$out"
 # verified error on 0:eps:STEP by IBP and CROWN-IBP; PGD with the margin loss, 50 steps, 3 restarts,
-# on the coarser grid 0:eps:PGD_STEP
+# on the coarser grid 0:eps:PGD_STEP. gmbound eval's default radius search (since issue 22): per sample
+# the largest certified grid radius by bisection, PGD only where neither certified nor broken (IBP
+# numbers as the exhaustive grid's, CROWN-IBP's sound and mostly higher); add --exhaustive for the
+# grid every arm before issue 22 was evaluated on.
 python3 -m gmbound eval --checkpoint "$run/checkpoint.pt" --label "$arm" --out "$out" --threads 1 --quiet \
   --eps-grid "0:$eps:$step" --verifiers ibp,crown-ibp \
   --pgd-steps 50 --pgd-restarts 3 --pgd-loss margin --pgd-eps-grid "0:$eps:$pgd_step"
