@@ -56,9 +56,13 @@ class BoundGraph:
         return seen
 
     def relus(self, within: Optional[set[int]] = None) -> list[int]:
-        """The ReLU nodes (among ``within``), in topological order."""
+        """The nonlinear nodes (among ``within``), in topological order: ReLUs and the ops of kind ``"nonlinear"``.
+
+        These are the nodes whose CROWN step needs the bounds of their inputs (and where IBP's
+        back-substitution of the specification stops).
+        """
         return [i for i, n in enumerate(self.nodes)
-                if n.op is not None and n.op.kind == "relu" and (within is None or i in within)]
+                if n.op is not None and n.op.kind in ("relu", "nonlinear") and (within is None or i in within)]
 
     def infer_shapes(self, in_shape: Shape) -> list[Shape]:
         """Per-sample output shape of every node (node 0: ``in_shape``); ``ValueError`` naming the op that misfits."""
@@ -77,6 +81,7 @@ class BoundGraph:
             for attr in ("stride", "padding", "dilation", "target", "adaptive", "kernel"):
                 if hasattr(op, attr):
                     extra += (attr, getattr(op, attr))
+            extra += op.shape_signature()
             if hasattr(op, "channels"):
                 extra += (op.channels,)
             sig.append((type(op).__name__, node.inputs) + extra)

@@ -27,15 +27,18 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 
 class IntervalState:
-    """Interval bounds of the nodes computed so far, and the pre-activation bounds of each ReLU.
+    """Interval bounds of the nodes computed so far, and the input bounds of each nonlinear node.
 
     ReLUs are applied lazily (``Interval.relu_pending``), by the op that reads them, so the
-    pre-activation bounds that CROWN needs stay available and a ReLU costs no pass.
+    pre-activation bounds that CROWN needs stay available and a ReLU costs no pass. Other
+    nonlinear ops (``kind == "nonlinear"``: tanh, max pooling, a product, ...) keep the actual
+    bounds of their inputs in ``pre_relu`` (a pair; a tuple of pairs for several inputs), which
+    their CROWN step relaxes with.
     """
 
     def __init__(self, box: Pair):
         self.values: dict[int, Interval] = {0: Interval(box[0], box[1])}
-        self.pre_relu: dict[int, Pair] = {}  # ReLU node -> its pre-activation bounds
+        self.pre_relu: dict[int, object] = {}  # nonlinear node -> the bounds its relaxation needs
 
     def radii(self, start: int, stop: int) -> "IntervalState":
         """The same intervals for radii ``start:stop`` alone: views, so gradients reach this state.
@@ -48,7 +51,7 @@ class IntervalState:
             return t[start:stop] if t.shape[0] == n else t
         part = IntervalState((cut(self.values[0].lower), cut(self.values[0].upper)))
         part.values = {i: Interval(cut(v.lower), cut(v.upper), v.relu_pending) for i, v in self.values.items()}
-        part.pre_relu = {i: (cut(lo), cut(up)) for i, (lo, up) in self.pre_relu.items()}
+        part.pre_relu = {i: _map_tensors(cut, pre) for i, pre in self.pre_relu.items()}
         return part
 
     def compute(self, graph: BoundGraph, nodes: set[int], prims) -> None:
@@ -60,7 +63,17 @@ class IntervalState:
             value = node.op.interval(prims, *(self.values[j] for j in node.inputs))
             if node.op.kind == "relu":
                 self.pre_relu[i] = (value.lower, value.upper)
+            elif node.op.kind == "nonlinear":
+                ins = tuple(materialise(self.values[j], prims) for j in node.inputs)
+                self.pre_relu[i] = ins[0] if len(ins) == 1 else ins
             self.values[i] = value
+
+
+def _map_tensors(fn, tree):
+    """``fn`` applied to every tensor of a nest of tuples."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    return tuple(_map_tensors(fn, t) for t in tree)
 
 
 def backward(graph: BoundGraph, shapes: list[Shape], start: int, lam: torch.Tensor, stop: set[int],
@@ -206,7 +219,7 @@ def _block_is_exact(graph: BoundGraph, node: int) -> bool:
     (No ReLU and no merge of two branches below it either.)
     """
     ops = [graph.nodes[i].op for i in graph.ancestors([node]) if i != 0]
-    if any(op.kind in ("relu", "merge") for op in ops):
+    if any(op.kind in ("relu", "merge", "nonlinear") for op in ops):
         return False
     return sum(op.kind != "diagonal" for op in ops) <= 1
 
@@ -224,7 +237,7 @@ def _identity_rows(shape: tuple[int, ...], rows: slice, batch: int, like: torch.
 
 def full_crown_pre_relu(graph: BoundGraph, shapes: list[Shape], box: Pair, prims,
                         chunk: Optional[int] = None) -> dict[int, Pair]:
-    """Pre-activation bounds of every ReLU, each from its own CROWN backward pass.
+    """Pre-activation bounds of every ReLU (the input bounds of every nonlinear node), each from CROWN passes.
 
     Each layer's bounds are intersected with the interval step from the tightened bounds below
     it: both are sound, so the intersection is sound and at least as tight as either.
@@ -233,30 +246,39 @@ def full_crown_pre_relu(graph: BoundGraph, shapes: list[Shape], box: Pair, prims
     """
     state = IntervalState(box)
     for j in graph.relus(graph.ancestors([graph.output])):
-        p = graph.nodes[j].inputs[0]  # the pre-activation node
-        state.compute(graph, graph.ancestors([p]), prims)
-        lower, upper = materialise(state.values[p], prims)
-        if graph.relus(graph.ancestors([p])) or not _block_is_exact(graph, p):
-            batch = box[0].shape[1]
-            d = lower[0, 0].numel()
-            step = chunk or memory.crown_chunk(d, lower.shape[0], batch, memory.widest_layer(shapes[:j + 1]),
-                                               lower.dtype, lower.device)
-            lows, ups = [], []
-            for s in range(0, d, step):
-                eye = _identity_rows(shapes[p], slice(s, min(d, s + step)), batch, lower)
-                spec = torch.cat([eye, -eye], dim=2)
-                reached, bias = backward(graph, shapes, p, spec, set(), state.pre_relu, prims)
-                lb = _concretize(reached, state.values, prims) + bias  # [N, B, 2k]
-                k = eye.shape[2]
-                lows.append(lb[:, :, :k])
-                ups.append(-lb[:, :, k:])
-            crown_l = torch.cat(lows, 2).reshape(lower.shape)
-            crown_u = torch.cat(ups, 2).reshape(upper.shape)
-            lower, upper = torch.maximum(lower, crown_l), torch.minimum(upper, crown_u)
-        # continue the interval pass from the tightened bounds of this ReLU's input
-        state.values[p] = Interval(lower, upper)
+        for n_in, p in enumerate(graph.nodes[j].inputs):  # the pre-activation node(s)
+            if p in graph.nodes[j].inputs[:n_in]:
+                continue  # the same node read twice (x * x): tightened already
+            state.compute(graph, graph.ancestors([p]), prims)
+            lower, upper = materialise(state.values[p], prims)
+            if graph.relus(graph.ancestors([p])) or not _block_is_exact(graph, p):
+                lower, upper = _crown_tightened(graph, shapes, p, j, lower, upper, box, state, prims, chunk)
+            # continue the interval pass from the tightened bounds of this node's input
+            state.values[p] = Interval(lower, upper)
         state.compute(graph, {j}, prims)
     return state.pre_relu
+
+
+def _crown_tightened(graph: BoundGraph, shapes: list[Shape], p: int, j: int, lower: torch.Tensor,
+                     upper: torch.Tensor, box: Pair, state: IntervalState, prims,
+                     chunk: Optional[int]) -> Pair:
+    """The bounds of node ``p`` (read by nonlinear node ``j``) intersected with its CROWN bounds."""
+    batch = box[0].shape[1]
+    d = lower[0, 0].numel()
+    step = chunk or memory.crown_chunk(d, lower.shape[0], batch, memory.widest_layer(shapes[:j + 1]),
+                                       lower.dtype, lower.device)
+    lows, ups = [], []
+    for s in range(0, d, step):
+        eye = _identity_rows(shapes[p], slice(s, min(d, s + step)), batch, lower)
+        spec = torch.cat([eye, -eye], dim=2)
+        reached, bias = backward(graph, shapes, p, spec, set(), state.pre_relu, prims)
+        lb = _concretize(reached, state.values, prims) + bias  # [N, B, 2k]
+        k = eye.shape[2]
+        lows.append(lb[:, :, :k])
+        ups.append(-lb[:, :, k:])
+    crown_l = torch.cat(lows, 2).reshape(lower.shape)
+    crown_u = torch.cat(ups, 2).reshape(upper.shape)
+    return torch.maximum(lower, crown_l), torch.minimum(upper, crown_u)
 
 
 def full_crown_bounds(graph: BoundGraph, shapes: list[Shape], box: Pair, spec: torch.Tensor, prims,

@@ -3,7 +3,7 @@
 ``torch.fx.symbolic_trace``'s tracer records the model's ``forward`` once with symbolic
 tensors; modules the registry knows stay single nodes (leaves), everything else is traced
 through. Each node of the trace is then looked up in the registry (``gmbound.ops.registry``);
-a node it does not know (max pooling, concatenation, a product of two tensors, ...) is refused
+a node it does not know (a division by a tensor, softmax, data-dependent indexing, ...) is refused
 with an error naming the node, its op and the source line that created it. Data-dependent
 control flow cannot be traced at all; that error names the line too.
 """
@@ -22,8 +22,8 @@ from torch import nn
 from .graph import BoundGraph, Node
 from .ops.base import UnsupportedLayerError
 from .ops.checks import check_global_hooks, check_hooks
-from .ops.registry import (BATCH, Call, ConstArg, TensorArg, build_module_op, function_rule, module_rule,
-                           supported_functions, supported_layers)
+from .ops.registry import (BATCH, Call, ConstArg, TensorArg, build_module_op, function_rule, is_inplace,
+                           module_rule, supported_functions, supported_layers)
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -191,7 +191,7 @@ def convert(graph: fx.Graph, model: nn.Module) -> BoundGraph:
             if rule is None:
                 raise UnsupportedLayerError(f"{where} is not supported; gmbound bounds {', '.join(supported_functions())}"
                                             f" and the layers {', '.join(supported_layers())}")
-            if kwargs.get("inplace"):
+            if kwargs.get("inplace") or is_inplace(n.op, n.target):
                 _check_inplace(n, where)
             built = rule.build(Call(str(getattr(n.target, "__name__", n.target)), tuple(args), dict(kwargs), where))
             op, inputs = (None, [args[0]]) if built is None else built
@@ -243,8 +243,9 @@ def _check_inplace(n: fx.Node, where: str) -> None:
     """An in-place op rewrites its input; the graph (and the bounds) would not see that if others read it."""
     src = n.args[0]
     if isinstance(src, fx.Node) and len(src.users) > 1:
-        raise UnsupportedLayerError(f"{where}: an in-place ReLU of a tensor that other nodes also read; the trace "
-                                    "cannot follow the mutation. Use inplace=False")
+        raise UnsupportedLayerError(f"{where}: an in-place operation on a tensor that other nodes also read; the "
+                                    "trace cannot follow the mutation. Use the out-of-place form (inplace=False, "
+                                    "x.relu() instead of x.relu_(), y = y + z instead of y.add_(z))")
 
 
 def _fingerprint(model: nn.Module) -> tuple:

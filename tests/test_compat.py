@@ -370,7 +370,7 @@ class Custom(nn.Module):
 
 class MaxPooled(nn.Module):
     def forward(self, x):
-        return torch.nn.functional.max_pool2d(x, 2).flatten(1)
+        return torch.nn.functional.max_pool2d(x, 2, ceil_mode=True).flatten(1)
 
 
 def test_plain_modules_are_traced():
@@ -397,10 +397,11 @@ def test_unsupported_models_are_refused_by_name():
     x = torch.zeros(1, 4)
     with pytest.raises(gmbound.UnsupportedLayerError, match=r"node 'max_pool2d' .*test_compat.py:\d+"):
         BoundedModule(MaxPooled(), torch.zeros(1, 1, 8, 8))
-    with pytest.raises(gmbound.UnsupportedLayerError, match="Tanh at index 1"):
-        BoundedModule(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), x)
+    with pytest.raises(gmbound.UnsupportedLayerError, match="Softplus at index 1"):
+        BoundedModule(nn.Sequential(nn.Linear(4, 3), nn.Softplus(), nn.Linear(3, 2)), x)
     with pytest.raises(gmbound.UnsupportedLayerError, match="MaxPool2d at index 2"):
-        BoundedModule(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)), torch.zeros(1, 1, 8, 8))
+        BoundedModule(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)),
+                      torch.zeros(1, 1, 8, 8))
     with pytest.raises(UnsupportedFeatureError, match="custom_ops"):
         BoundedModule(nn.Sequential(nn.Linear(4, 2)), x, custom_ops={"op": object})
     with pytest.raises(gmbound.BoundInputError, match="global_input"):

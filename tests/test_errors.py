@@ -40,10 +40,11 @@ def test_bad_specification(case):
 
 
 def test_unsupported_layers_are_named_with_their_index():
-    with pytest.raises(gmbound.UnsupportedLayerError, match=r"Tanh at index 2"):
-        gmbound.BoundedSequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Tanh(), nn.Linear(2, 1)))
-    with pytest.raises(gmbound.UnsupportedLayerError, match=r"MaxPool2d at index 2"):  # index in the flattened list
-        gmbound.BoundedSequential(nn.Sequential(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU()), nn.MaxPool2d(2)))
+    with pytest.raises(gmbound.UnsupportedLayerError, match=r"Softplus at index 2"):
+        gmbound.BoundedSequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Softplus(), nn.Linear(2, 1)))
+    with pytest.raises(gmbound.UnsupportedLayerError, match=r"MaxPool2d at index 2.*ceil_mode"):  # flattened index
+        gmbound.BoundedSequential(nn.Sequential(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU()),
+                                                nn.MaxPool2d(2, ceil_mode=True)))
     with pytest.raises(gmbound.UnsupportedLayerError, match="groups=2"):
         gmbound.BoundedSequential(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)))
     with pytest.raises(gmbound.UnsupportedLayerError, match=r"'pool' \(call_module pool = MaxPool2d\)"):
@@ -53,7 +54,7 @@ def test_unsupported_layers_are_named_with_their_index():
 class _Pooled(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv, self.pool = nn.Conv2d(1, 1, 3), nn.MaxPool2d(2)
+        self.conv, self.pool = nn.Conv2d(1, 1, 3), nn.MaxPool2d(2, ceil_mode=True)
 
     def forward(self, x):
         return self.pool(self.conv(x))

@@ -264,31 +264,32 @@ def test_train_mode_dropout_in_a_graph_is_refused_at_call_time():
 
 
 # ----------------------------------------------------------------------------- unsupported nodes
-class MaxPooled(nn.Module):
+class SoftMaxed(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3)
 
     def forward(self, x):
-        return F.max_pool2d(self.conv(x), 2)
+        return F.softmax(self.conv(x), 1)
 
 
 class Concatenated(nn.Module):
     def __init__(self):
         super().__init__()
-        self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+        self.a = nn.Linear(3, 2)
+        self.register_buffer("c", torch.ones(1, 2))
 
     def forward(self, x):
-        return torch.cat([self.a(x), self.b(x)], dim=1)
+        return torch.cat([self.a(x), self.c], dim=1)
 
 
-class Product(nn.Module):
+class Quotient(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
 
     def forward(self, x):
-        return self.a(x) * self.b(x)
+        return self.a(x) / self.b(x)
 
 
 class Branching(nn.Module):
@@ -303,13 +304,13 @@ class Branching(nn.Module):
 
 
 @pytest.mark.parametrize("model, pattern", [
-    (MaxPooled(), r"node 'max_pool2d' \(call_function torch.nn.functional.max_pool2d\) at test_graph.py:\d+: "
-                  r"return F.max_pool2d\(self.conv\(x\), 2\)"),
-    (Concatenated(), r"node 'cat' \(call_function torch.cat\) at test_graph.py:\d+: return torch.cat"),
-    (Product(), r"node 'mul' \(call_function operator.mul\) at test_graph.py:\d+: return self.a\(x\) \* self.b\(x\)"
-                r".*multiplication of two tensors"),
+    (SoftMaxed(), r"node 'softmax' \(call_function torch.nn.functional.softmax\) at test_graph.py:\d+: "
+                  r"return F.softmax\(self.conv\(x\), 1\)"),
+    (Concatenated(), r"node 'cat' \(call_function torch.cat\) at test_graph.py:\d+: return torch.cat.*constant"),
+    (Quotient(), r"node 'truediv' \(call_function operator.truediv\) at test_graph.py:\d+: "
+                 r"return self.a\(x\) / self.b\(x\).*division of two tensors"),
     (Branching(), r"cannot trace Branching.forward at test_graph.py:\d+: if x.sum\(\) > 0:.*control flow"),
-    (nn.Sequential(nn.Linear(3, 3), nn.Tanh()), r"Tanh at index 1"),
+    (nn.Sequential(nn.Linear(3, 3), nn.Softplus()), r"Softplus at index 1"),
 ])
 def test_unsupported_nodes_are_named_with_op_and_line(model, pattern):
     with pytest.raises(gmbound.UnsupportedLayerError, match=pattern):

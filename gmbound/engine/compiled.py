@@ -34,6 +34,13 @@ channel_affine_backward = _ref.channel_affine_backward
 # convolution for CROWN are already single fused passes; no kernel of ours would do less work.
 interval_avg_pool2d = _ref.interval_avg_pool2d
 avg_pool2d_backward = _ref.avg_pool2d_backward
+# The relaxations of the other nonlinear ops (gmbound.ops.nonlinear, pooling, products) run on the
+# reference ops between the compiled steps: they read and write ordinary tensors of any layout.
+relaxation_backward = _ref.relaxation_backward
+interval_max_pool2d = _ref.interval_max_pool2d
+max_pool2d_backward = _ref.max_pool2d_backward
+interval_product = _ref.interval_product
+product_backward = _ref.product_backward
 
 _BOX_TAG = "_gmbound_input_box"
 _KERNEL_DTYPES = (torch.float32, torch.float64)

@@ -49,7 +49,9 @@ class BoundOp:
 
     ``kind`` tells the drivers how interval arithmetic behaves through the op: ``"diagonal"``
     (element-wise affine or a reshape: intervals stay exact), ``"linear"`` (a general affine map),
-    ``"relu"`` or ``"merge"`` (several inputs).
+    ``"relu"``, ``"merge"`` (several inputs, linear) or ``"nonlinear"`` (any other nonlinear op:
+    its ``backward`` receives as ``pre`` the actual bounds of its input, a pair ``(lower,
+    upper)``, or a tuple of such pairs when it has several inputs).
     """
 
     kind: ClassVar[str] = "linear"
@@ -69,6 +71,10 @@ class BoundOp:
     def forward(self, *inputs: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
         """The clean forward of this op (by default: the module itself)."""
         return self.module(*inputs)
+
+    def shape_signature(self) -> tuple:
+        """What the output shape depends on besides the input shapes (settings of the op), for shape caches."""
+        return ()
 
     def out_shape(self, *in_shapes: Shape) -> Shape:
         """Per-sample output shape; raises ``ValueError`` naming the op when the inputs do not fit."""

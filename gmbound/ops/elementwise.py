@@ -121,3 +121,32 @@ def _per_sample(c: torch.Tensor, n_spatial: int) -> torch.Tensor:
     if c.dim() > n_spatial:  # a leading batch axis of size 1
         c = c.reshape(c.shape[c.dim() - n_spatial:])
     return c
+
+
+class ProductOp(BoundOp):
+    """``a * b`` of two bounded tensors of one per-sample shape (no broadcasting between them).
+
+    Interval: the extreme products of the endpoints (exact for independent factors). CROWN:
+    McCormick's planes, ``a b >= l_b a + l_a b - l_a l_b`` below and ``a b <= u_b a + l_a b -
+    l_a u_b`` above (the pair auto_LiRPA's ``BoundMul`` uses; ``prims.product_backward``).
+    """
+
+    kind = "nonlinear"
+    n_inputs = 2
+    relaxation = "McCormick planes"
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
+        return a * b
+
+    def out_shape(self, a: Shape, b: Shape) -> Shape:
+        if tuple(a) != tuple(b):
+            raise ValueError(f"{self.where} multiplies tensors of different per-sample shapes {a} and {b}; gmbound "
+                             "bounds products of equal shapes (no broadcasting between two variable tensors)")
+        return a
+
+    def interval(self, prims, a: Interval, b: Interval) -> Interval:
+        return Interval(*prims.interval_product(materialise(a, prims), materialise(b, prims)))
+
+    def backward(self, prims, lam, in_shapes, out_shape, pre):
+        lam_a, lam_b, term = prims.product_backward(lam, pre[0], pre[1])
+        return [lam_a, lam_b], term

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .affine import transpose_padding
-from .base import BoundOp, Interval, Shape
+from .base import BoundOp, Interval, Shape, materialise
 
 IntPair = tuple[int, int]
 
@@ -84,3 +84,47 @@ class AvgPool2dOp(BoundOp):
         kernel, stride, padding, divisor = self.geometry(in_shapes[0])
         out_pad = transpose_padding(kernel, stride, padding, (1, 1), in_shapes[0][1:], out_shape[1:])
         return [prims.avg_pool2d_backward(lam, kernel, stride, padding, divisor, out_pad)], None
+
+
+class MaxPool2dOp(BoundOp):
+    """Max pooling of ``[C, H, W]`` (any kernel, stride, padding, dilation; windows may overlap; ``ceil_mode=False``).
+
+    Interval: ``[maxpool(l), maxpool(u)]`` (exact: max is non-decreasing). CROWN: auto_LiRPA's
+    non-optimised relaxation of each window, ``x_i* <= max <= x_i*`` where the entry ``i*`` of
+    largest lower bound dominates its window (``l_i* >= u_j`` for all others), else ``x_i* <= max
+    <= max_j u_j`` (``prims.max_pool2d_backward``). auto_LiRPA refuses overlapping windows in CROWN;
+    here the Lambdas of overlapping windows are summed on the entries they share.
+    """
+
+    kind = "nonlinear"
+    relaxation = "x_i* below (largest lower bound); x_i* or max u above (auto_LiRPA's)"
+
+    def __init__(self, module, where: str, kernel, stride=None, padding=0, dilation=1):
+        super().__init__(module, where)
+        self.kernel = _pair(kernel)
+        self.stride = _pair(stride if stride is not None and stride != [] else kernel)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+
+    def forward(self, a: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
+        return F.max_pool2d(a, self.kernel, self.stride, self.padding, self.dilation)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if len(in_shape) != 3:
+            raise ValueError(f"{self.where} expects images [C, H, W] but receives shape {tuple(in_shape)}")
+        a = torch.zeros((1,) + tuple(in_shape), device="meta")
+        try:
+            out = F.max_pool2d(a, self.kernel, self.stride, self.padding, self.dilation)
+        except RuntimeError as err:
+            raise ValueError(f"{self.where} cannot take an input of shape {tuple(in_shape)}: {err}") from None
+        return tuple(out.shape[1:])
+
+    def interval(self, prims, a: Interval) -> Interval:
+        lower, upper = materialise(a, prims)
+        return Interval(*prims.interval_max_pool2d(lower, upper, self.kernel, self.stride, self.padding,
+                                                   self.dilation))
+
+    def backward(self, prims, lam, in_shapes, out_shape, pre):
+        lam_in, term = prims.max_pool2d_backward(lam, pre[0], pre[1], self.kernel, self.stride, self.padding,
+                                                 self.dilation)
+        return [lam_in], term

@@ -20,9 +20,11 @@ from .activation import ReLUOp
 from .affine import ChannelAffineOp, Conv2dOp, LinearOp
 from .base import BoundOp, UnsupportedLayerError
 from .checks import check_understood
-from .elementwise import AddOp, ConstantAffineOp
-from .pooling import AvgPool2dOp
+from .elementwise import AddOp, ConstantAffineOp, ProductOp
+from .nonlinear import AbsOp, ClampOp, ExpOp, GELUOp, LeakyReLUOp, SigmoidOp, SquareOp, TanhOp
+from .pooling import AvgPool2dOp, MaxPool2dOp
 from .shape import FlattenOp, PadOp, ReshapeOp
+from .structure import CatOp, ReduceOp, SliceOp
 
 
 # ============================================================================ modules
@@ -83,26 +85,60 @@ def adaptive_pool_op(m, where, size) -> BoundOp:
     return AvgPool2dOp(m, where, adaptive=size)
 
 
+def max_pool_op(m, where, kernel, stride, padding, dilation, ceil_mode, return_indices) -> BoundOp:
+    """``MaxPool2dOp`` after refusing what it does not bound."""
+    if ceil_mode:
+        raise UnsupportedLayerError(f"{where}: max pooling with ceil_mode=True is not supported (its last windows "
+                                    "are partial); use ceil_mode=False or pad the input")
+    if return_indices:
+        raise UnsupportedLayerError(f"{where}: max pooling with return_indices=True returns the argmax, which is "
+                                    "not a bounded quantity")
+    return MaxPool2dOp(m, where, kernel, stride, padding, dilation)
+
+
+def _max_pool(m: nn.MaxPool2d, where: str) -> BoundOp:
+    return max_pool_op(m, where, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices)
+
+
+def _gelu(m: nn.GELU, where: str) -> BoundOp:
+    return gelu_op(m, where, m.approximate)
+
+
+def gelu_op(m, where, approximate) -> BoundOp:
+    if approximate != "none":
+        raise UnsupportedLayerError(f"{where}: GELU with approximate={approximate!r} is not supported (gmbound "
+                                    "relaxes the exact erf form only); use approximate='none'")
+    return GELUOp(m, where)
+
+
 @dataclass(frozen=True)
 class ModuleRule:
-    """Modules of ``types`` become ``build(module, where)`` (None: dropped as a no-op)."""
+    """Modules of ``types`` become ``build(module, where)`` (None: dropped as a no-op); ``op``: the bound op class."""
 
     types: tuple[type, ...]
     build: Callable[[Any, str], Optional[BoundOp]]
     label: str
+    op: Optional[type] = None
 
 
 MODULE_RULES: tuple[ModuleRule, ...] = (
-    ModuleRule((nn.Linear,), _linear, "Linear"),
-    ModuleRule((nn.Conv2d,), _conv2d, "Conv2d (groups=1, zero padding)"),
-    ModuleRule((nn.ReLU,), lambda m, w: ReLUOp(m, w), "ReLU"),
-    ModuleRule((nn.Flatten,), _flatten, "Flatten"),
-    ModuleRule((nn.BatchNorm1d, nn.BatchNorm2d), _batchnorm, "BatchNorm1d/2d"),
-    ModuleRule((Normalize,), lambda m, w: ChannelAffineOp(m, w), "gmbound.Normalize"),
-    ModuleRule((nn.AvgPool2d,), _avg_pool, "AvgPool2d"),
-    ModuleRule((nn.AdaptiveAvgPool2d,), _adaptive_pool, "AdaptiveAvgPool2d (to a size dividing the input)"),
+    ModuleRule((nn.Linear,), _linear, "Linear", LinearOp),
+    ModuleRule((nn.Conv2d,), _conv2d, "Conv2d (groups=1, zero padding)", Conv2dOp),
+    ModuleRule((nn.ReLU,), lambda m, w: ReLUOp(m, w), "ReLU", ReLUOp),
+    ModuleRule((nn.Flatten,), _flatten, "Flatten", FlattenOp),
+    ModuleRule((nn.BatchNorm1d, nn.BatchNorm2d), _batchnorm, "BatchNorm1d/2d", ChannelAffineOp),
+    ModuleRule((Normalize,), lambda m, w: ChannelAffineOp(m, w), "gmbound.Normalize", ChannelAffineOp),
+    ModuleRule((nn.AvgPool2d,), _avg_pool, "AvgPool2d", AvgPool2dOp),
+    ModuleRule((nn.AdaptiveAvgPool2d,), _adaptive_pool, "AdaptiveAvgPool2d (to a size dividing the input)",
+               AvgPool2dOp),
     ModuleRule((nn.Identity,), lambda m, w: None, "Identity"),
     ModuleRule((nn.Dropout,), _dropout, "Dropout (eval mode)"),
+    ModuleRule((nn.Tanh,), lambda m, w: TanhOp(m, w), "Tanh", TanhOp),
+    ModuleRule((nn.Sigmoid,), lambda m, w: SigmoidOp(m, w), "Sigmoid", SigmoidOp),
+    ModuleRule((nn.LeakyReLU,), lambda m, w: LeakyReLUOp(m, w, m.negative_slope), "LeakyReLU", LeakyReLUOp),
+    ModuleRule((nn.Hardtanh,), lambda m, w: ClampOp(m, w, m.min_val, m.max_val), "Hardtanh, ReLU6", ClampOp),
+    ModuleRule((nn.GELU,), _gelu, "GELU (approximate='none')", GELUOp),
+    ModuleRule((nn.MaxPool2d,), _max_pool, "MaxPool2d (ceil_mode=False)", MaxPool2dOp),
 )
 
 
@@ -208,9 +244,13 @@ def _add(call: Call, sign: float = 1.0) -> Built:
 
 def _mul(call: Call, divide: bool = False) -> Built:
     a, b = call.arg(0, "input"), call.arg(1, "other")
+    if _is_tensor(a) and _is_tensor(b) and not divide:
+        if int(a) == int(b):  # x * x: a square, tighter than the product of two independent factors
+            return SquareOp(None, call.where), [a]
+        return ProductOp(None, call.where), [a, b]
     if _is_tensor(a) and _is_tensor(b):
-        raise call.refuse(f"{'division' if divide else 'multiplication'} of two tensors is not supported "
-                          "(the product of two variables is not linear; gmbound bounds products by constants)")
+        raise call.refuse("division of two tensors is not supported (1/b has no relaxation in gmbound; a product "
+                          "a * b of two tensors is)")
     if _is_tensor(a):
         return ConstantAffineOp(None, call.where, scale=_constant(b, call), divide=divide), [a]
     if _is_tensor(b) and not divide:
@@ -276,51 +316,208 @@ def _pad(call: Call) -> Built:
     return PadOp(None, call.where, tuple(pad)), [call.arg(0, "input")]
 
 
+def _is_int(v) -> bool:
+    """A plain integer (not a bool, and not a traced tensor: ``TensorArg`` subclasses int)."""
+    return isinstance(v, int) and not isinstance(v, (bool, TensorArg))
+
+
 def _getitem(call: Call) -> Built:
-    """``x[:, :, ::s, ::t]`` (a strided subsampling of images: a 1x1 average pooling with that stride)."""
+    """Basic indexing that keeps the batch: ``x[:, a:b]``, ``x[:, :, ::s, ::t]``, ``x[..., 1:]``, ``x[:, 3]``."""
     index = call.arg(1, "index")
-    full = slice(None)
-    if (isinstance(index, tuple) and len(index) == 4 and index[0] == full and index[1] == full
-            and all(isinstance(i, slice) and i.start is None and i.stop is None for i in index[2:])):
-        steps = tuple(1 if i.step is None else i.step for i in index[2:])
-        if all(isinstance(st, int) and st >= 1 for st in steps):
-            return AvgPool2dOp(None, call.where, kernel=1, stride=steps), [call.arg(0, "input")]
-    raise call.refuse(f"indexing with {index!r} is not supported (only the strided subsampling x[:, :, ::s, ::t])")
+    why = ("gmbound bounds basic indexing that keeps the batch axis: x[:, a:b], x[:, :, ::s], x[..., i], "
+           "x[:, i] (slices with positive steps and integers; no tensors, lists or None)")
+    entries = index if isinstance(index, tuple) else (index,)
+    if Ellipsis in entries:
+        raise call.refuse(f"indexing with {index!r}: an Ellipsis needs the tensor's rank, which the trace does not "
+                          f"know; write the dimensions out. {why}")
+    if not entries or entries[0] != slice(None):
+        raise call.refuse(f"indexing with {index!r} indexes the batch axis. {why}")
+    rest = entries[1:]
+    for i in rest:
+        if not (_is_int(i) or isinstance(i, slice)):
+            raise call.refuse(f"indexing with {index!r}: {i!r} is not a slice or an integer. {why}")
+        if isinstance(i, slice) and not all(v is None or _is_int(v)
+                                            for v in (i.start, i.stop, i.step)):
+            raise call.refuse(f"indexing with {index!r}: slice bounds must be integers. {why}")
+        if isinstance(i, slice) and i.step is not None and i.step < 1:
+            raise call.refuse(f"indexing with {index!r}: steps must be positive. {why}")
+    return SliceOp(None, call.where, rest), [call.arg(0, "input")]
+
+
+def _narrow(call: Call) -> Built:
+    dim, start, length = call.arg(1, "dim"), call.arg(2, "start"), call.arg(3, "length")
+    if not all(_is_int(v) for v in (dim, start, length)) or length < 0:
+        raise call.refuse(f"narrow(dim={dim!r}, start={start!r}, length={length!r}): give integers")
+    if dim == 0:
+        raise call.refuse("narrow along the batch axis (dim 0) is not supported: the batch axis must stay")
+    if dim < 0 or start < 0:
+        raise call.refuse("narrow with a negative dim or start needs the tensor's rank; give non-negative values")
+    index = (slice(None),) * (dim - 1) + (slice(start, start + length),)
+    return SliceOp(None, call.where, index), [call.arg(0, "input")]
+
+
+def _cat(call: Call) -> Built:
+    tensors, dim = call.arg(0, "tensors"), call.arg(1, "dim", 0)
+    if not isinstance(tensors, (tuple, list)) or not tensors or not all(_is_tensor(t) for t in tensors):
+        raise call.refuse(f"{call.label} of {tensors!r}: every operand must be a traced tensor (concatenating a "
+                          "constant is not supported)")
+    if not _is_int(dim) or dim == 0:
+        raise call.refuse(f"{call.label} along dim={dim!r}: give a per-sample dimension (not the batch axis 0)")
+    return CatOp(None, call.where, dim, len(tensors)), list(tensors)
+
+
+def _reduce(call: Call, mean: bool) -> Built:
+    dim = call.arg(1, "dim", None)
+    keepdim = call.arg(2, "keepdim", False)
+    if call.kwargs.get("dtype") is not None:
+        raise call.refuse(f"{call.label} with dtype= is not supported")
+    if dim is None:
+        raise call.refuse(f"{call.label} over all dimensions reduces the batch axis too; give the per-sample "
+                          "dimensions (e.g. x.mean(dim=(1, 2)))")
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    if not dims or not all(_is_int(d) for d in dims):
+        raise call.refuse(f"{call.label}(dim={dim!r}): give integer dimensions")
+    if 0 in dims:
+        raise call.refuse(f"{call.label} over dim 0 reduces the batch axis; gmbound bounds each sample on its own")
+    return ReduceOp(None, call.where, dims, bool(keepdim), mean), [call.arg(0, "input")]
+
+
+def _unary(op_cls):
+    """A rule for a one-input element-wise op without settings (``torch.tanh(x)``, ``x.abs()``, ...)."""
+    def build(call: Call) -> Built:
+        return op_cls(None, call.where), [call.arg(0, "input")]
+    return build
+
+
+def _pow(call: Call) -> Built:
+    base, exponent = call.arg(0, "input"), call.arg(1, "exponent")
+    if not _is_tensor(base) or _is_tensor(exponent) or exponent not in (1, 2):
+        raise call.refuse(f"{call.label} with exponent {exponent!r}: gmbound bounds x ** 2 (and x ** 1) of a traced "
+                          "tensor")
+    if exponent == 1:
+        return None
+    return SquareOp(None, call.where, midpoint=True), [base]
+
+
+def _leaky_relu_fn(call: Call) -> Built:
+    slope = call.arg(1, "negative_slope", 0.01)
+    if _is_tensor(slope) or isinstance(slope, bool) or not isinstance(slope, (int, float)):
+        raise call.refuse(f"leaky_relu with negative_slope={slope!r}: give a number")
+    return LeakyReLUOp(None, call.where, float(slope)), [call.arg(0, "input")]
+
+
+def _clamp_value(v, call: Call, name: str):
+    if v is None:
+        return None
+    if _is_tensor(v) or isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise call.refuse(f"{call.label} with {name}={v!r}: gmbound bounds clamps by numbers (not tensors)")
+    return float(v)
+
+
+def _clamp_fn(call: Call) -> Built:
+    label = call.label.rstrip("_")
+    if label == "clamp_min":
+        lo, hi = call.arg(1, "min"), None
+    elif label == "clamp_max":
+        lo, hi = None, call.arg(1, "max")
+    else:
+        lo, hi = call.arg(1, "min"), call.arg(2, "max")
+    lo, hi = _clamp_value(lo, call, "min"), _clamp_value(hi, call, "max")
+    if lo is None and hi is None:
+        raise call.refuse(f"{call.label} without min or max")
+    if lo is not None and hi is not None and lo > hi:
+        raise call.refuse(f"{call.label} with min {lo} > max {hi}")
+    return ClampOp(None, call.where, lo, hi), [call.arg(0, "input")]
+
+
+def _hardtanh_fn(call: Call) -> Built:
+    lo, hi = call.arg(1, "min_val", -1.0), call.arg(2, "max_val", 1.0)
+    lo, hi = _clamp_value(lo, call, "min_val"), _clamp_value(hi, call, "max_val")
+    return ClampOp(None, call.where, lo, hi), [call.arg(0, "input")]
+
+
+def _relu6_fn(call: Call) -> Built:
+    return ClampOp(None, call.where, 0.0, 6.0), [call.arg(0, "input")]
+
+
+def _gelu_fn(call: Call) -> Built:
+    return gelu_op(None, call.where, call.arg(1, "approximate", "none")), [call.arg(0, "input")]
+
+
+def _max_pool_fn(call: Call) -> Built:
+    op = max_pool_op(None, call.where, call.arg(1, "kernel_size"), call.arg(2, "stride"), call.arg(3, "padding", 0),
+                     call.arg(4, "dilation", 1), call.arg(5, "ceil_mode", False), call.arg(6, "return_indices", False))
+    return op, [call.arg(0, "input")]
 
 
 @dataclass(frozen=True)
 class FunctionRule:
     build: Callable[[Call], Built]
     label: str
+    op: Optional[type] = None  # the bound op class it builds (for the table of supported operations)
 
 
-_ADD = FunctionRule(_add, "a + b (residual), a + constant")
-_SUB = FunctionRule(lambda c: _add(c, -1.0), "a - b, a - constant")
-_MUL = FunctionRule(_mul, "a * constant")
-_DIV = FunctionRule(lambda c: _mul(c, divide=True), "a / constant")
-_NEG = FunctionRule(_neg, "-a")
-_RELU = FunctionRule(_relu, "relu")
-_RESHAPE = FunctionRule(_reshape, "view / reshape (batch first)")
+_ADD = FunctionRule(_add, "a + b (residual), a + constant", AddOp)
+_SUB = FunctionRule(lambda c: _add(c, -1.0), "a - b, a - constant", AddOp)
+_MUL = FunctionRule(_mul, "a * constant, a * b (two bounded tensors; x * x is a square)", ProductOp)
+_SQUARE = FunctionRule(lambda c: (SquareOp(None, c.where, midpoint=True), [c.arg(0, "input")]), "square",
+                       SquareOp)
+_POW = FunctionRule(_pow, "x ** 2", SquareOp)
+_DIV = FunctionRule(lambda c: _mul(c, divide=True), "a / constant", ConstantAffineOp)
+_NEG = FunctionRule(_neg, "-a", ConstantAffineOp)
+_RELU = FunctionRule(_relu, "relu", ReLUOp)
+_RESHAPE = FunctionRule(_reshape, "view / reshape (batch first)", ReshapeOp)
+_TANH = FunctionRule(_unary(TanhOp), "tanh", TanhOp)
+_SIGMOID = FunctionRule(_unary(SigmoidOp), "sigmoid", SigmoidOp)
+_ABS = FunctionRule(_unary(AbsOp), "abs", AbsOp)
+_EXP = FunctionRule(_unary(ExpOp), "exp", ExpOp)
+_CLAMP = FunctionRule(_clamp_fn, "clamp / clip / clamp_min / clamp_max (by numbers)", ClampOp)
+_HARDTANH = FunctionRule(_hardtanh_fn, "F.hardtanh", ClampOp)
+_LEAKY = FunctionRule(_leaky_relu_fn, "F.leaky_relu", LeakyReLUOp)
+_MAXPOOL = FunctionRule(_max_pool_fn, "F.max_pool2d", MaxPool2dOp)
+_CAT = FunctionRule(_cat, "torch.cat / torch.concat (per-sample dim)", CatOp)
+_SUM = FunctionRule(lambda c: _reduce(c, mean=False), "sum over per-sample dims", ReduceOp)
+_MEAN = FunctionRule(lambda c: _reduce(c, mean=True), "mean over per-sample dims", ReduceOp)
+_INDEX = FunctionRule(_getitem, "x[:, a:b], x[:, :, ::s, ::t], x[:, i] (basic indexing)", SliceOp)
+_NARROW = FunctionRule(_narrow, "narrow (per-sample dim)", SliceOp)
 FUNCTION_RULES: dict[Any, FunctionRule] = {
     operator.add: _ADD, torch.add: _ADD,
     operator.sub: _SUB, torch.sub: _SUB,
     operator.mul: _MUL, torch.mul: _MUL,
     operator.truediv: _DIV, torch.div: _DIV,
     operator.neg: _NEG, torch.neg: _NEG,
-    F.relu: _RELU, torch.relu: _RELU,
-    torch.flatten: FunctionRule(lambda c: _flatten_fn(c, 0), "torch.flatten(x, 1)"),
+    F.relu: _RELU, torch.relu: _RELU, F.relu_: _RELU, torch.relu_: _RELU,
+    torch.flatten: FunctionRule(lambda c: _flatten_fn(c, 0), "torch.flatten(x, 1)", FlattenOp),
     torch.reshape: _RESHAPE,
-    F.avg_pool2d: FunctionRule(_avg_pool_fn, "F.avg_pool2d"),
-    F.adaptive_avg_pool2d: FunctionRule(_adaptive_pool_fn, "F.adaptive_avg_pool2d"),
-    F.pad: FunctionRule(_pad, "F.pad with zeros"),
-    operator.getitem: FunctionRule(_getitem, "x[:, :, ::s, ::t]"),
+    F.avg_pool2d: FunctionRule(_avg_pool_fn, "F.avg_pool2d", AvgPool2dOp),
+    F.adaptive_avg_pool2d: FunctionRule(_adaptive_pool_fn, "F.adaptive_avg_pool2d", AvgPool2dOp),
+    F.pad: FunctionRule(_pad, "F.pad with zeros", PadOp),
+    operator.getitem: _INDEX, torch.narrow: _NARROW,
+    torch.tanh: _TANH, torch.tanh_: _TANH, torch.sigmoid: _SIGMOID, torch.sigmoid_: _SIGMOID,
+    torch.abs: _ABS, torch.abs_: _ABS, operator.abs: _ABS, torch.exp: _EXP, torch.exp_: _EXP,
+    torch.clamp: _CLAMP, torch.clamp_: _CLAMP, torch.clip: _CLAMP, torch.clamp_min: _CLAMP,
+    torch.clamp_max: _CLAMP,
+    F.hardtanh: _HARDTANH, F.hardtanh_: _HARDTANH, F.relu6: FunctionRule(_relu6_fn, "F.relu6", ClampOp),
+    F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
+    F.gelu: FunctionRule(_gelu_fn, "F.gelu (approximate='none')", GELUOp),
+    F.max_pool2d: _MAXPOOL,
+    torch.cat: _CAT, torch.concat: _CAT,
+    torch.square: _SQUARE, operator.pow: _POW, torch.pow: _POW,
+    torch.sum: _SUM, torch.mean: _MEAN,
 }
 METHOD_RULES: dict[str, FunctionRule] = {
     "add": _ADD, "sub": _SUB, "mul": _MUL, "div": _DIV, "neg": _NEG, "relu": _RELU,
-    "flatten": FunctionRule(lambda c: _flatten_fn(c, 0), "x.flatten(1)"),
+    "flatten": FunctionRule(lambda c: _flatten_fn(c, 0), "x.flatten(1)", FlattenOp),
     "view": _RESHAPE, "reshape": _RESHAPE,
     "contiguous": FunctionRule(_identity, "x.contiguous()"),
+    "tanh": _TANH, "sigmoid": _SIGMOID, "abs": _ABS, "exp": _EXP, "square": _SQUARE, "pow": _POW,
+    "clamp": _CLAMP, "clip": _CLAMP, "clamp_min": _CLAMP, "clamp_max": _CLAMP,
+    "sum": _SUM, "mean": _MEAN, "narrow": _NARROW,
 }
+# In-place forms (``x.relu_()``, ``x.add_(y)``, ...) are bounded as their functional forms when no
+# other node reads the tensor they overwrite (``gmbound.tracing`` checks that).
+INPLACE_METHODS = tuple(name + "_" for name in ("add", "sub", "mul", "div", "neg", "relu", "tanh", "sigmoid", "abs",
+                                                "exp", "clamp", "clip", "clamp_min", "clamp_max", "square", "pow"))
 
 
 def supported_functions() -> tuple[str, ...]:
@@ -331,9 +528,19 @@ def supported_functions() -> tuple[str, ...]:
     return tuple(seen) + ("x.size(0) / x.shape[0]", "constants (buffers, parameters, numbers)")
 
 
-def function_rule(kind: str, target: Any) -> Optional[FunctionRule]:
-    """The rule of a ``call_function`` target or a ``call_method`` name."""
+def is_inplace(kind: str, target: Any) -> bool:
+    """Whether a call overwrites its first argument (``x.relu_()``, ``torch.relu_(x)``, ``F.leaky_relu_``)."""
     if kind == "call_method":
+        return target in INPLACE_METHODS
+    name = getattr(target, "__name__", "")
+    return isinstance(name, str) and name.endswith("_") and not name.startswith("_")
+
+
+def function_rule(kind: str, target: Any) -> Optional[FunctionRule]:
+    """The rule of a ``call_function`` target or a ``call_method`` name (an in-place method: its functional form's)."""
+    if kind == "call_method":
+        if target in INPLACE_METHODS:
+            return METHOD_RULES.get(target[:-1])
         return METHOD_RULES.get(target)
     try:
         return FUNCTION_RULES.get(target)

@@ -143,6 +143,21 @@ def relu_backward(lam: torch.Tensor, lower: torch.Tensor,
     return lam_z, bias
 
 
+def relaxation_backward(lam: torch.Tensor, lower_slope: torch.Tensor, lower_intercept: torch.Tensor,
+                        upper_slope: torch.Tensor, upper_intercept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Back-substitute a *lower* bound ``lam . f(z)`` through element-wise lines ``a_L z + b_L <= f(z) <= a_U z + b_U``.
+
+    Positive entries of Lambda take the lower line, negative ones the upper line:
+    ``lam_z = lam^+ a_L + lam^- a_U``, bias ``sum(lam^+ b_L + lam^- b_U)``. The lines are
+    ``[N, B, *S]``, Lambda ``[N or 1, B, K, *S]``; returns ``[N, B, K, *S]`` and ``[N, B, K]``.
+    """
+    a_l, b_l, a_u, b_u = (v.unsqueeze(2) for v in (lower_slope, lower_intercept, upper_slope, upper_intercept))
+    lam_pos, lam_neg = torch.relu(lam), -torch.relu(-lam)
+    lam_z = lam_pos * a_l + lam_neg * a_u
+    bias = (lam_pos * b_l + lam_neg * b_u).flatten(3).sum(-1)
+    return lam_z, bias
+
+
 def linear_backward(lam: torch.Tensor, weight: torch.Tensor,
                     bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``lam . (W a + b) = (lam W) . a + lam . b``; ``[.., K, out] -> [.., K, in]``."""
@@ -193,3 +208,91 @@ def concretize(lam: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
     lam_flat = lam.flatten(3)                               # [M, B, K, D]
     c_flat, rho_flat = c.flatten(2).unsqueeze(-1), rho.flatten(2).unsqueeze(-1)  # [N, B, D, 1]
     return (lam_flat.matmul(c_flat) - lam_flat.abs().matmul(rho_flat)).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- max pooling, products
+def _window_geometry(kernel, stride, padding, dilation, in_hw, out_hw, device):
+    """Per (window tap, output position) the flat input index ``row * W + col`` it reads (``[kk, P]``)."""
+    kh, kw = kernel
+    oh, ow = out_hw
+    ki = torch.arange(kh, device=device).repeat_interleave(kw)
+    kj = torch.arange(kw, device=device).repeat(kh)
+    oi = torch.arange(oh, device=device).repeat_interleave(ow)
+    oj = torch.arange(ow, device=device).repeat(oh)
+    rows = oi.unsqueeze(0) * stride[0] - padding[0] + ki.unsqueeze(1) * dilation[0]
+    cols = oj.unsqueeze(0) * stride[1] - padding[1] + kj.unsqueeze(1) * dilation[1]
+    return rows.clamp(0, in_hw[0] - 1) * in_hw[1] + cols.clamp(0, in_hw[1] - 1)
+
+
+def interval_max_pool2d(lower: torch.Tensor, upper: torch.Tensor, kernel, stride, padding,
+                        dilation) -> tuple[torch.Tensor, torch.Tensor]:
+    """IBP through max pooling: ``max`` is non-decreasing in every argument, so ``[pool(l), pool(u)]`` is exact."""
+    n, b = lower.shape[:2]
+
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(t.flatten(0, 1), kernel, stride, padding, dilation).unflatten(0, (n, b))
+
+    return pool(lower), pool(upper)
+
+
+def max_pool2d_backward(lam: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, kernel, stride, padding,
+                        dilation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Back-substitute ``lam . maxpool(x)`` with auto_LiRPA's (non-optimised) relaxation of each window's max.
+
+    In each window let ``i*`` be the entry of largest lower bound. Below, ``max >= x_i*``. Above,
+    ``max <= x_i*`` when ``l_i* >= u_j`` for every other entry ``j`` of the window (the max is
+    ``x_i*``), else ``max <= max_j u_j`` (a constant). Windows may overlap (stride < kernel): the
+    Lambdas of all windows reading an entry are summed (a scatter-add). ``lam``: ``[M, B, K, C,
+    H', W']``, bounds ``[N, B, C, H, W]``; returns ``[N, B, K, C, H, W]`` and the bias ``[N, B, K]``.
+    """
+    n, b, c, h, w = lower.shape
+    oh, ow = lam.shape[-2:]
+    kk = kernel[0] * kernel[1]
+    pad = (padding[1], padding[1], padding[0], padding[0])
+
+    def windows(t: torch.Tensor) -> torch.Tensor:  # [N * B, C, kk, P]
+        t = F.pad(t.flatten(0, 1), pad, value=-torch.inf) if any(pad) else t.flatten(0, 1)
+        return F.unfold(t, kernel, dilation=dilation, stride=stride).view(n * b, c, kk, oh * ow)
+
+    lw, uw = windows(lower), windows(upper)
+    with torch.no_grad():
+        tap = lw.argmax(2, keepdim=True)                                  # [NB, C, 1, P]: i*
+        others = uw.scatter(2, tap, -torch.inf).amax(2)                   # max u_j over j != i*
+        stable = lw.gather(2, tap).squeeze(2) >= others                   # [NB, C, P]
+        where = _window_geometry(kernel, stride, padding, dilation, (h, w), (oh, ow), lower.device)
+        index = where.unsqueeze(0).unsqueeze(0).expand(n * b, c, kk, oh * ow).gather(2, tap).squeeze(2)
+    top = uw.amax(2)                                                      # max_j u_j, with gradient
+    up_slope = stable.to(lam.dtype).view(n, b, 1, c, oh * ow)
+    up_bias = torch.where(stable, torch.zeros_like(top), top).view(n, b, 1, c, oh * ow)
+    lam_flat = lam.flatten(-2)
+    lam_pos, lam_neg = torch.relu(lam_flat), -torch.relu(-lam_flat)
+    coef = lam_pos + lam_neg * up_slope                                   # [N, B, K, C, P]
+    bias = (lam_neg * up_bias).flatten(3).sum(-1)
+    k = lam.shape[2]
+    idx = index.view(n, b, 1, c, oh * ow).expand(coef.shape)
+    lam_in = coef.new_zeros(coef.shape[:4] + (h * w,)).scatter_add(-1, idx, coef)
+    return lam_in.view(coef.shape[:4] + (h, w)), bias
+
+
+def product_backward(lam: torch.Tensor, a_bounds: tuple[torch.Tensor, torch.Tensor],
+                     b_bounds: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Back-substitute ``lam . (a * b)`` with McCormick's planes (the ones auto_LiRPA uses).
+
+    ``(a - l_a)(b - l_b) >= 0`` gives ``a b >= l_b a + l_a b - l_a l_b`` (below) and
+    ``(a - l_a)(u_b - b) >= 0`` gives ``a b <= u_b a + l_a b - l_a u_b`` (above).
+    Returns Lambda on ``a``, on ``b`` and the bias ``[N, B, K]``.
+    """
+    (la, ua), (lb, ub) = ((t.unsqueeze(2) for t in pair) for pair in (a_bounds, b_bounds))
+    lam_pos, lam_neg = torch.relu(lam), -torch.relu(-lam)
+    lam_a = lam_pos * lb + lam_neg * ub
+    lam_b = lam * la
+    bias = -(lam_pos * (la * lb) + lam_neg * (la * ub)).flatten(3).sum(-1)
+    return lam_a, lam_b, bias
+
+
+def interval_product(a_bounds: tuple[torch.Tensor, torch.Tensor],
+                     b_bounds: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """IBP of ``a * b``: the extreme products of the endpoints (a bilinear map's range on a box)."""
+    (la, ua), (lb, ub) = a_bounds, b_bounds
+    p = torch.stack([la * lb, la * ub, ua * lb, ua * ub])
+    return p.amin(0), p.amax(0)
