@@ -10,6 +10,7 @@ class ReLUOp(BoundOp):
     """``relu(a)``. Its interval value keeps the pre-activation bounds with ``relu_pending`` set."""
 
     kind = "relu"
+    relaxation = "CROWN-IBP's: chord above; slope 1 or 0 below (1 when u > -l)"
 
     def forward(self, a: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
         return torch.relu(a)  # never in place: the input may feed another branch too

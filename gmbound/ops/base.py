@@ -56,6 +56,8 @@ class BoundOp:
 
     kind: ClassVar[str] = "linear"
     n_inputs: ClassVar[int] = 1
+    # How CROWN relaxes the op (the README's table of operations is generated from it).
+    relaxation: ClassVar[str] = "none needed (linear)"
 
     def __init__(self, module: Optional[nn.Module], where: str):
         self.module = module

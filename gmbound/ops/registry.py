@@ -454,12 +454,12 @@ def _max_pool_fn(call: Call) -> Built:
 class FunctionRule:
     build: Callable[[Call], Built]
     label: str
-    op: Optional[type] = None  # the bound op class it builds (for the table of supported operations)
+    op: Any = None  # the bound op class it builds, or a tuple of them (for the table of supported operations)
 
 
-_ADD = FunctionRule(_add, "a + b (residual), a + constant", AddOp)
-_SUB = FunctionRule(lambda c: _add(c, -1.0), "a - b, a - constant", AddOp)
-_MUL = FunctionRule(_mul, "a * constant, a * b (two bounded tensors; x * x is a square)", ProductOp)
+_ADD = FunctionRule(_add, "a + b (residual), a + constant", (AddOp, ConstantAffineOp))
+_SUB = FunctionRule(lambda c: _add(c, -1.0), "a - b, a - constant", (AddOp, ConstantAffineOp))
+_MUL = FunctionRule(_mul, "a * b (x * x: a square), a * constant", (ProductOp, SquareOp, ConstantAffineOp))
 _SQUARE = FunctionRule(lambda c: (SquareOp(None, c.where, midpoint=True), [c.arg(0, "input")]), "square",
                        SquareOp)
 _POW = FunctionRule(_pow, "x ** 2", SquareOp)
@@ -518,6 +518,26 @@ METHOD_RULES: dict[str, FunctionRule] = {
 # other node reads the tensor they overwrite (``gmbound.tracing`` checks that).
 INPLACE_METHODS = tuple(name + "_" for name in ("add", "sub", "mul", "div", "neg", "relu", "tanh", "sigmoid", "abs",
                                                 "exp", "clamp", "clip", "clamp_min", "clamp_max", "square", "pow"))
+
+
+# What is refused, and why: the README's table of operations lists these (generated, see ``gmbound.ops.table``).
+REFUSED: tuple[tuple[str, str], ...] = (
+    ("a / b of two tensors", "1/b has no relaxation in gmbound (a * b has: McCormick)"),
+    ("softmax, log_softmax, Softplus, ELU, SiLU / Mish modules, sin / cos, log, sqrt, x ** p (p not 1 or 2)",
+     "no relaxation implemented; a product a * b, tanh, sigmoid, exp are"),
+    ("GELU(approximate='tanh')", "only the exact erf form is relaxed"),
+    ("max pooling with ceil_mode=True or return_indices=True", "partial last windows; indices are not bounded "
+     "values"),
+    ("grouped convolutions, padding modes other than zeros, string padding", "not implemented"),
+    ("reductions, indexing or concatenation along the batch axis (x.sum(), x[0], torch.cat(..., 0))",
+     "each sample is bounded on its own box; the batch axis must stay"),
+    ("indexing with tensors, lists, None or Ellipsis; negative steps", "not a basic per-sample selection (an "
+     "Ellipsis needs the rank, unknown to the trace)"),
+    ("clamp / hardtanh by tensors, concatenation with constants, sums of tensors of different shapes",
+     "bounds are per entry of one shape; broadcasting between variable tensors is not supported"),
+    ("an in-place op on a tensor that other nodes also read", "the trace cannot follow the mutation"),
+    ("data-dependent control flow (if / loops on values)", "cannot be traced as one graph"),
+)
 
 
 def supported_functions() -> tuple[str, ...]:
