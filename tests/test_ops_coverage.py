@@ -384,3 +384,37 @@ def test_parity_with_auto_lirpa(name):
         b = gmbound.BoundedSequential(net).bounds(x, 0.05, method=ours, x_min=0, x_max=1, backend="reference")
         torch.testing.assert_close(b.lower[0], lb.detach(), rtol=1e-4, atol=2e-5, msg=f"{name} {method} lower")
         torch.testing.assert_close(b.upper[0], ub.detach(), rtol=1e-4, atol=2e-5, msg=f"{name} {method} upper")
+
+
+@pytest.mark.parametrize("name", ["product", "maxpool_overlapping", "tanh", "cat"])
+def test_tiled_calls_equal_whole_calls(name):
+    """Tiles of (radius, sample) rows share one interval pass: the bounds kept for products (pairs of pairs) too."""
+    from gmbound import engine
+
+    net, x, y = make_ops_case(name, 7, batch=5)
+    bnet = gmbound.BoundedSequential(net)
+    whole = {m: bnet.margin_bounds(x, y, RADII, method=m, x_min=0, x_max=1, backend="reference")
+             for m in ("ibp", "crown-ibp")}
+    engine.set_tile_budget(1)  # one row per tile
+    try:
+        for m in ("ibp", "crown-ibp"):
+            tiled = bnet.margin_bounds(x, y, RADII, method=m, x_min=0, x_max=1, backend="reference")
+            torch.testing.assert_close(tiled, whole[m], rtol=1e-12, atol=1e-12)
+    finally:
+        engine.set_tile_budget(None)
+
+
+@pytest.mark.parametrize("name", ["product", "leaky_maxpool_cnn", "sigmoid"])
+def test_loss_fusion_with_new_ops(name):
+    """gm_loss(loss_fusion=True) back-substitutes through the new ops too; its robust CE bounds the clean CE."""
+    net, x, y = make_ops_case(name, 8, batch=4)
+    bnet = gmbound.BoundedSequential(net)
+    plain = gmbound.gm_loss(bnet, x, y, eps=0.05, n_radii=3, x_min=0, x_max=1, backend="reference")
+    fused = gmbound.gm_loss(bnet, x, y, eps=0.05, n_radii=3, x_min=0, x_max=1, backend="reference",
+                            loss_fusion=True)
+    assert torch.isfinite(fused.loss)
+    fused.loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+    assert torch.isfinite(plain.loss)
+    for out in (plain, fused):  # an upper bound of the worst CE over each box is at least the CE at x
+        assert out.robust_loss.item() >= out.natural_loss.item() - 1e-9
