@@ -46,7 +46,9 @@ def _flatten_into(model: Union[nn.Module, Iterable[nn.Module]], path: str, out: 
             raise UnsupportedLayerError(f"{what} subclasses nn.Sequential with its own forward; gmbound bounds "
                                         "only the plain chain of its layers. Use nn.Sequential itself")
         check_hooks(model, what)
-        children: Iterable[tuple[str, nn.Module]] = model.named_children()
+        # _modules, not named_children(): that skips a module met before, but Sequential.forward runs a
+        # module listed twice (nn.Sequential(fc1, act, fc2, act)) twice, and so must the bounds
+        children: Iterable[tuple[str, nn.Module]] = ((n, m) for n, m in model._modules.items() if m is not None)
     elif isinstance(model, (list, tuple)):
         children = ((str(i), m) for i, m in enumerate(model))
     else:
