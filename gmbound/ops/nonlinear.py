@@ -82,7 +82,8 @@ class SShapedOp(ElementwiseOp):
     """
 
     relaxation = "CROWN tangent / chord lines (tangent points by bisection)"
-    BISECT_STEPS = 60
+    # Halvings of the bracket: to below the dtype's resolution (the valid end is kept either way)
+    BISECT_STEPS = {torch.float64: 56, torch.float32: 28}
 
     def d1(self, z: Tensor) -> Tensor:
         raise NotImplementedError
@@ -106,7 +107,7 @@ class SShapedOp(ElementwiseOp):
             f_far = self.fn(far_)
             a, b = lo.detach().clone(), hi.detach().clone()
             # F increases on both brackets (f'' (far - d) >= 0 there): F(a) < 0 <= F(b) throughout
-            for _ in range(self.BISECT_STEPS):
+            for _ in range(self.BISECT_STEPS.get(far_.dtype, 16)):
                 m = (a + b) / 2
                 F = self.fn(m) + self.d1(m) * (far_ - m) - f_far
                 go_high = F < 0  # the root lies above m
