@@ -255,6 +255,15 @@ class BoundedSequential(nn.Module):
         return self.logits_and_margins(x, y, eps, method=method, beta=beta, x_min=x_min, x_max=x_max,
                                        backend=backend, allow_tf32=allow_tf32)[1]
 
+    def _labelled_logits(self, graph: BoundGraph, x: torch.Tensor, y: torch.Tensor, what: str) -> torch.Tensor:
+        """The clean logits ``[B, n]`` (first, so train-mode BatchNorm bounds with this batch's
+        statistics), after checking that they are 2-D and that ``y`` labels them."""
+        logits = self._clean_forward(graph, x)
+        if logits.dim() != 2:
+            raise BoundInputError(f"{what} need logits [B, n_classes] from the model; it outputs {tuple(logits.shape)}")
+        check_labels(y, x, logits.shape[1])
+        return logits
+
     def logits_and_margins(self, x: torch.Tensor, y: torch.Tensor, eps: RadiusLike, *,
                            method: str = "crown-ibp", beta: Union[float, torch.Tensor] = 1.0,
                            x_min: DomainLike = None, x_max: DomainLike = None,
@@ -266,12 +275,8 @@ class BoundedSequential(nn.Module):
         """
         graph = self._graph()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
-        logits = self._clean_forward(graph, x)
-        if logits.dim() != 2:
-            raise BoundInputError(f"margin bounds need logits [B, n_classes]; the model outputs {tuple(logits.shape)}")
-        n_classes = logits.shape[1]
-        check_labels(y, x, n_classes)
-        spec = margin_spec(y, n_classes, dtype=x.dtype)
+        logits = self._labelled_logits(graph, x, y, "margin bounds")
+        spec = margin_spec(y, logits.shape[1], dtype=x.dtype)
         margins = self._bounds(graph, x, radii, lo, hi, spec, _method(method), _check_beta(beta), False,
                                backend, None, allow_tf32).lower
         return logits, margins
@@ -295,11 +300,8 @@ class BoundedSequential(nn.Module):
         beta = _check_beta(beta)
         graph = self._graph()
         x, radii, lo, hi = self._prepare(x, eps, x_min, x_max)
-        logits = self._clean_forward(graph, x)
-        if logits.dim() != 2:
-            raise BoundInputError(f"loss fusion needs logits [B, n_classes]; the model outputs {tuple(logits.shape)}")
+        logits = self._labelled_logits(graph, x, y, "loss fusion bounds")
         n_classes = logits.shape[1]
-        check_labels(y, x, n_classes)
         if n_classes < 2:
             raise BoundInputError("loss fusion needs at least 2 classes")
         spec = margin_spec(y, n_classes, dtype=x.dtype)
