@@ -65,3 +65,17 @@ def sample_box(x: torch.Tensor, radius: float, n: int, x_min: float, x_max: floa
     u = torch.rand((n,) + x.shape, generator=g, dtype=x.dtype)
     u[: n // 2] = (u[: n // 2] > 0.5).to(x.dtype)
     return lower + u * (upper - lower)
+
+
+def self_labelled_conv(seed: int, n: int, n_flipped: int) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    """A small conv net (input ``[1, 7, 7]``, 4 classes) and ``n`` random inputs labelled by the net
+    itself, except the first ``n_flipped`` labels, shifted by one class (clean errors): evaluations see
+    certified, uncertified and misclassified samples alike."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 16),
+                          nn.ReLU(), nn.Linear(16, 4)).double().eval()
+    x = torch.rand(n, 1, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:n_flipped] = (y[:n_flipped] + 1) % 4
+    return model, x, y

@@ -17,19 +17,14 @@ from gmbound.config import DEFAULTS
 from gmbound.drawdown import certified_matrix, largest_certified_index, pgd_sweep
 from gmbound.evaluate import UnsoundBoundError, certified, evaluate
 
+from nets import self_labelled_conv
+
 GRID = [round(0.005 * i, 4) for i in range(21)]          # 0 .. 0.1, 21 radii
 
 
 def conv_case(seed=0, n=40):
     """A small conv net; labels are its own predictions except a few flipped ones (clean errors)."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 16),
-                          nn.ReLU(), nn.Linear(16, 4)).double().eval()
-    x = torch.rand(n, 1, 7, 7, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    y[:4] = (y[:4] + 1) % 4
-    return model, x, y
+    return self_labelled_conv(seed, n, n_flipped=4)
 
 
 def first_failure(cert: torch.Tensor) -> torch.Tensor:

@@ -18,18 +18,14 @@ from gmbound.evaluate import (UnsoundBoundError, evaluate, evaluate_checkpoint, 
 from gmbound.plots import plot_drawdown
 from gmbound.train import train
 
+from nets import self_labelled_conv
+
 GRID = [0.0, 0.002, 0.005, 0.01, 0.02, 0.05]
 
 
 def small_case(seed=0, n=48):
     """A small conv net and inputs labelled by the net itself, except a few flipped labels."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 16),
-                          nn.ReLU(), nn.Linear(16, 4)).double().eval()
-    x = torch.rand(n, 1, 7, 7, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    y[:5] = (y[:5] + 1) % 4  # some clean errors
+    model, x, y = self_labelled_conv(seed, n, n_flipped=5)
     return model, DataLoader(TensorDataset(x, y), batch_size=20)
 
 
