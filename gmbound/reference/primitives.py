@@ -268,7 +268,6 @@ def max_pool2d_backward(lam: torch.Tensor, lower: torch.Tensor, upper: torch.Ten
     lam_pos, lam_neg = torch.relu(lam_flat), -torch.relu(-lam_flat)
     coef = lam_pos + lam_neg * up_slope                                   # [N, B, K, C, P]
     bias = (lam_neg * up_bias).flatten(3).sum(-1)
-    k = lam.shape[2]
     idx = index.view(n, b, 1, c, oh * ow).expand(coef.shape)
     lam_in = coef.new_zeros(coef.shape[:4] + (h * w,)).scatter_add(-1, idx, coef)
     return lam_in.view(coef.shape[:4] + (h, w)), bias
