@@ -110,6 +110,16 @@ def dense_resnet(n_out: int = 4) -> nn.Module:
 GRAPH_NETS = {"resnet": (TinyResNet, (2, 6, 6)), "pool": (PoolNet, (1, 8, 8)), "dense": (dense_resnet, (1, 6, 6))}
 
 
+def random_labelled_batch(net: nn.Module, in_shape: tuple, seed: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` inputs in ``[0, 1]`` of ``in_shape`` (float64) and random labels over the net's outputs,
+    from a generator seeded by ``seed`` (the same batch for the same seed, whatever ran before)."""
+    g = torch.Generator().manual_seed(2000 + seed)
+    x = torch.rand((batch,) + tuple(in_shape), generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        n_out = net(x).shape[1]
+    return x, torch.randint(0, n_out, (batch,), generator=g)
+
+
 def make_graph_case(name: str, seed: int, batch: int = 3):
     """A float64 eval-mode network, a batch in ``[0, 1]`` and labels."""
     factory, in_shape = GRAPH_NETS[name]
@@ -117,9 +127,4 @@ def make_graph_case(name: str, seed: int, batch: int = 3):
     net = factory()
     _randomise_bn(net)
     net = net.double().eval()
-    g = torch.Generator().manual_seed(2000 + seed)
-    x = torch.rand((batch,) + in_shape, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        n_out = net(x).shape[1]
-    y = torch.randint(0, n_out, (batch,), generator=g)
-    return net, x, y
+    return (net,) + random_labelled_batch(net, in_shape, seed, batch)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graph_nets import random_labelled_batch
+
 
 def _seq(seed: int, act: nn.Module, n_in: int = 6, hidden: int = 8, n_out: int = 4, scale: float = 1.0) -> nn.Module:
     torch.manual_seed(seed)
@@ -181,9 +183,4 @@ def make_ops_case(name: str, seed: int, batch: int = 3):
     """A model, a batch in ``[0, 1]`` and labels (float64)."""
     factory, in_shape, _ = OPS_NETS[name]
     net = factory(seed).eval()
-    g = torch.Generator().manual_seed(2000 + seed)
-    x = torch.rand((batch,) + in_shape, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        n_out = net(x).shape[1]
-    y = torch.randint(0, n_out, (batch,), generator=g)
-    return net, x, y
+    return (net,) + random_labelled_batch(net, in_shape, seed, batch)
