@@ -469,3 +469,23 @@ def test_on_cuda_matches_cpu():
     torch.testing.assert_close(ub.cpu(), cpu[1])
     gm = model.gm_loss(bx, y.cuda(), n_radii=3)
     assert gm.loss.is_cuda and bool(torch.isfinite(gm.loss))
+
+
+def test_a_module_listed_twice_is_two_nodes():
+    """nn.Sequential(fc1, act, fc2, act, fc3) runs ``act`` twice: the node graph has a node for each run,
+    linked in order, so the final node is the last Linear and the bounds are those of the whole chain."""
+    from gmbound.compat import BoundedModule, BoundedTensor
+    from gmbound.compat.perturbations import PerturbationLpNorm
+
+    torch.manual_seed(0)
+    act = nn.ReLU()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), act, nn.Linear(5, 4), act, nn.Linear(4, 3)).double()
+    x = torch.rand(2, 6, dtype=torch.float64)
+    bm = BoundedModule(model, x)
+    layers = [type(n).__name__ for n in bm.nodes()]
+    assert len(layers) == 1 + 6, layers   # the input and one node per entry of the Sequential
+    assert [i for i, n in enumerate(layers) if n == "BoundRelu"] == [3, 5]
+    xb = BoundedTensor(x, PerturbationLpNorm(norm=float("inf"), eps=0.0))
+    lb, ub = bm.compute_bounds(x=(xb,), method="IBP")
+    torch.testing.assert_close(lb, model(x))
+    torch.testing.assert_close(ub, model(x))

@@ -18,7 +18,9 @@ from .bound_ops import (Bound, BoundExp, BoundGatherElements, BoundInput, BoundR
 def named_leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """The leaf layers of a (nested) ``nn.Sequential`` with their module paths, in order."""
     out: list[tuple[str, nn.Module]] = []
-    for name, child in model.named_children():
+    # _modules, not named_children() (which skips a module met before): Sequential.forward runs a module
+    # listed twice (nn.Sequential(fc1, act, fc2, act)) twice, so it is two nodes, as in gmbound.network
+    for name, child in ((n, m) for n, m in model._modules.items() if m is not None):
         path = f"{prefix}{name}"
         if isinstance(child, nn.Sequential):
             out.extend(named_leaves(child, path + "."))
