@@ -79,6 +79,16 @@ def device_spec(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------- train
+def _leave_process_group() -> None:
+    """Destroy the process group a finished torchrun training joined, before the interpreter exits:
+    gloo's worker threads left running then abort the process ("terminate called without an active
+    exception", SIGABRT), failing a run that finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint
     from .train import train
@@ -102,6 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.resume:  # --config F --resume RUN_DIR
             cfg["out_dir"] = str(Path(args.resume).parent if Path(args.resume).is_file() else args.resume)
     result = train(cfg, resume=resume, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
+    _leave_process_group()
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     state = "stopped after" if result.stopped_early else "finished"
