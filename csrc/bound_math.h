@@ -59,18 +59,23 @@ GMBOUND_HD void centre_radius_to_bound_grads(T gc, T grho, T l, T u, bool relu_i
 }
 
 // --------------------------------------------------------------------------- ReLU relaxation
-// CROWN's relaxation of relu on [l, u], exactly as reference relu_relaxation:
-//   upper line  s x + t: s = 1 (active, l >= 0), u / (u - l) (unstable), 0 (inactive); t = -s l
-//   lower line  alpha x: alpha = 1 when active or (unstable and u > -l), else 0.
-// pos = alpha (taken by lam^+), neg = s and icp = t (taken by lam^-).
+// CROWN's relaxation of leaky_relu(x) = max(x, a x) on [l, u], 0 <= a <= 1 (a = 0: ReLU), exactly
+// as reference relu_relaxation. With the ReLU chord c = u / (u - l) of an unstable neuron:
+//   upper line  s x + t: s = 1 (active, l >= 0), a + (1 - a) c (unstable), a (inactive, u <= 0);
+//               t = -(1 - a) c l (the chord of leaky_relu through (l, a l) and (u, u))
+//   lower line  alpha x: alpha = 1 when active, or unstable and the chord's slope exceeds 1/2
+//               (a + (1 - a) c > 1/2, i.e. u > (2a - 1) l; for ReLU u > -l), else a.
+// pos = alpha (taken by lam^+), neg = s and icp = t (taken by lam^-). At a = 0 every expression
+// reduces exactly (adding 0, multiplying by 1) to ReLU's.
 template <typename T>
-GMBOUND_HD void relu_relaxation(T lo, T up, T& pos, T& neg, T& icp) {
+GMBOUND_HD void relu_relaxation(T lo, T up, T a, T& pos, T& neg, T& icp) {
   const bool active = lo >= T(0);
   const bool unstable = lo < T(0) && up > T(0);
   const T chord = unstable ? up / (up - lo) : T(0);
-  neg = active ? T(1) : chord;
-  icp = -chord * lo;
-  pos = (active || (unstable && up > -lo)) ? T(1) : T(0);
+  const T keep = T(1) - a;  // the part of the ReLU in leaky_relu(x) = a x + (1 - a) relu(x)
+  neg = active ? T(1) : a + keep * chord;
+  icp = -(keep * chord) * lo;
+  pos = (active || (unstable && up > (T(2) * a - T(1)) * lo)) ? T(1) : a;
 }
 
 // z = lam^+ alpha + lam^- s, element by element.
@@ -93,8 +98,12 @@ GMBOUND_HD T relaxed_lam_grad(T x, T g, T gb, T pos, T neg, T icp) {
 // only unstable neurons depend on their bounds. gs = dL/ds, gt = dL/dt (accumulated in A).
 //   s = u / (u - l), t = -s l:  dL/dl = -gt s + (gs - gt l) u / (u - l)^2
 //                               dL/du = (gs - gt l) / (u - l) - (gs - gt l) u / (u - l)^2
+// Leaky ReLU (slope a): s = a + (1 - a) c and t = (1 - a) t_relu, so gs and gt reach ReLU's chord
+// scaled by keep = 1 - a.
 template <typename T, typename A>
-GMBOUND_HD void relu_relaxation_grads(T lo, T up, A gs, A gt, T& gl, T& gu) {
+GMBOUND_HD void relu_relaxation_grads(T lo, T up, A keep, A gs, A gt, T& gl, T& gu) {
+  gs *= keep;
+  gt *= keep;
   // Branch-free (the CPU loop over a block vectorises): stable neurons compute with a stand-in
   // denominator of 1 and are then given 0.
   const bool unstable = lo < T(0) && up > T(0);

@@ -506,8 +506,16 @@ struct Ops {
   }
 
   // --------------------------------------------------------------------------- CROWN: ReLU relaxation
-  static Tensor2 relu_relax(const Tensor& lam, const Tensor& lower, const Tensor& upper) {
+  // negative_slope a: the relaxation of leaky_relu(x) = max(x, a x), convex for 0 <= a <= 1 (a = 0:
+  // ReLU). Outside that range the relaxation's shape changes (gmbound.ops.nonlinear handles it).
+  static void check_slope(const char* op, double a) {
+    TORCH_CHECK(a >= 0.0 && a <= 1.0, "gmbound::", op, ": negative_slope must be in [0, 1] (a convex leaky ReLU), got ",
+                a);
+  }
+
+  static Tensor2 relu_relax(const Tensor& lam, const Tensor& lower, const Tensor& upper, double negative_slope) {
     const char* op = "relu_relax";
+    check_slope(op, negative_slope);
     check_same(op, {{"lam", &lam}, {"lower", &lower}, {"upper", &upper}});
     check_pair(op, lower, upper);
     check_lam(op, lam, lower);
@@ -516,13 +524,15 @@ struct Ops {
     const int64_t N = lower.size(0), B = lower.size(1), Kr = lam.size(2);
     Tensor z = empty_layout(cat_sizes({N, B, Kr}, lower.sizes().slice(2)), lam.options(), cl);
     Tensor bias = at::empty({N, B, Kr}, lam.options());
-    K::relax_forward(lm, l, u, Tensor(), flat_geom(l), z, bias);
+    K::relax_forward(lm, l, u, Tensor(), flat_geom(l), negative_slope, z, bias);
     return {z, bias};
   }
 
   static Tensor3 relu_relax_backward(const Tensor& g_z, const Tensor& g_bias, const Tensor& lam,
-                                     const Tensor& lower, const Tensor& upper, std::array<bool, 3> mask) {
+                                     const Tensor& lower, const Tensor& upper, std::array<bool, 3> mask,
+                                     double negative_slope) {
     const char* op = "relu_relax_backward";
+    check_slope(op, negative_slope);
     check_same(op, {{"grad_lam", &g_z}, {"grad_bias", &g_bias}, {"lam", &lam}, {"lower", &lower},
                     {"upper", &upper}});
     check_pair(op, lower, upper);
@@ -535,7 +545,8 @@ struct Ops {
     Tensor lm = to_layout(lam, cl), l = to_layout(lower, cl), u = to_layout(upper, cl);
     Tensor g_lam = empty_layout(lam.sizes(), lam.options(), cl);
     Tensor g_l = empty_layout(lower.sizes(), lower.options(), cl), g_u = empty_layout(lower.sizes(), lower.options(), cl);
-    K::relax_backward(lm, l, u, to_layout(g_z, cl), g_bias.contiguous(), Tensor(), flat_geom(l), g_lam, g_l, g_u,
+    K::relax_backward(lm, l, u, to_layout(g_z, cl), g_bias.contiguous(), Tensor(), flat_geom(l), negative_slope, g_lam,
+                      g_l, g_u,
                       Tensor(), Tensor());
     return {mask[0] ? like(g_lam, lam) : none_like(lam), mask[1] ? like(g_l, lower) : none_like(lower),
             mask[2] ? like(g_u, upper) : none_like(upper)};
@@ -543,7 +554,8 @@ struct Ops {
 
   // --------------------------------------------------------------------------- CROWN: fused steps
   static void check_step(const char* op, const Tensor& lam, const OptTensor& lower, const OptTensor& upper,
-                         const Tensor& weight, const OptTensor& bias) {
+                         const Tensor& weight, const OptTensor& bias, double negative_slope) {
+    check_slope(op, negative_slope);
     check_same(op, {{"lam", &lam}, {"lower", lower ? &*lower : nullptr}, {"upper", upper ? &*upper : nullptr},
                     {"weight", &weight}, {"bias", bias ? &*bias : nullptr}});
     TORCH_CHECK(lower.has_value() == upper.has_value(), "gmbound::", op,
@@ -558,9 +570,9 @@ struct Ops {
   }
 
   static Tensor2 crown_linear_step(const Tensor& lam, const OptTensor& lower, const OptTensor& upper,
-                                   const Tensor& weight, const OptTensor& bias) {
+                                   const Tensor& weight, const OptTensor& bias, double negative_slope) {
     const char* op = "crown_linear_step";
-    check_step(op, lam, lower, upper, weight, bias);
+    check_step(op, lam, lower, upper, weight, bias, negative_slope);
     TORCH_CHECK(lam.dim() == 4 && weight.dim() == 2 && lam.size(3) == weight.size(0), "gmbound::", op,
                 ": lam [M, B, K, out] and weight [out, in] do not fit: ", lam.sizes(), ", ", weight.sizes());
     const int64_t B = lam.size(1), Kr = lam.size(2), out = weight.size(0), in = weight.size(1);
@@ -570,7 +582,7 @@ struct Ops {
       z = at::empty({N, B, Kr, out}, lam.options());
       bterm = at::empty({N, B, Kr}, lam.options());
       K::relax_forward(lam.contiguous(), lower->contiguous(), upper->contiguous(), bias ? bias->contiguous() : Tensor(),
-                       Geom{out, 1, false}, z, bterm);
+                       Geom{out, 1, false}, negative_slope, z, bterm);
     } else {
       z = lam.contiguous();
       bterm = bias ? at::matmul(z, *bias) : at::zeros({lam.size(0), B, Kr}, lam.options());
@@ -581,9 +593,9 @@ struct Ops {
 
   static Tensor5 crown_linear_step_backward(const Tensor& g_in, const Tensor& g_bias, const Tensor& lam,
                                             const OptTensor& lower, const OptTensor& upper, const Tensor& weight,
-                                            const OptTensor& bias, std::array<bool, 5> mask) {
+                                            const OptTensor& bias, std::array<bool, 5> mask, double negative_slope) {
     const char* op = "crown_linear_step_backward";
-    check_step(op, lam, lower, upper, weight, bias);
+    check_step(op, lam, lower, upper, weight, bias, negative_slope);
     check_same(op, {{"grad_lam_in", &g_in}, {"grad_bias", &g_bias}, {"lam", &lam}});
     const int64_t M = lam.size(0), B = lam.size(1), Kr = lam.size(2), out = weight.size(0), in = weight.size(1);
     const int64_t Mz = lower ? lower->size(0) : M;
@@ -600,7 +612,7 @@ struct Ops {
       if (mask[3]) z = at::empty({Mz, B, Kr, out}, lam.options());
       Tensor gcb = (bias && mask[4]) ? at::empty({out}, lam.options()) : Tensor();
       K::relax_backward(lam.contiguous(), l, u, gz, gb, bias ? bias->contiguous() : Tensor(), Geom{out, 1, false},
-                        g_lam, gl, gu, z, gcb);
+                        negative_slope, g_lam, gl, gu, z, gcb);
       if (mask[1]) g_l = like(gl, *lower);
       if (mask[2]) g_u = like(gu, *upper);
       if (gcb.defined()) g_b = gcb;
@@ -640,9 +652,9 @@ struct Ops {
   static Tensor2 crown_conv2d_step(const Tensor& lam, const OptTensor& lower, const OptTensor& upper,
                                    const Tensor& weight, const OptTensor& bias, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation,
-                                   at::IntArrayRef output_padding) {
+                                   at::IntArrayRef output_padding, double negative_slope) {
     const char* op = "crown_conv2d_step";
-    check_step(op, lam, lower, upper, weight, bias);
+    check_step(op, lam, lower, upper, weight, bias, negative_slope);
     check_conv_step(op, lam, weight, stride, padding, dilation, output_padding);
     const int64_t B = lam.size(1), Kr = lam.size(2), C = lam.size(3), H = lam.size(4), W = lam.size(5);
     Tensor z, bterm;
@@ -651,7 +663,7 @@ struct Ops {
       z = empty_layout({N, B, Kr, C, H, W}, lam.options(), kCL);
       bterm = at::empty({N, B, Kr}, lam.options());
       K::relax_forward(to_layout(lam, kCL), to_layout(*lower, kCL), to_layout(*upper, kCL),
-                       bias ? bias->contiguous() : Tensor(), Geom{C, H * W, kCL && C > 1}, z, bterm);
+                       bias ? bias->contiguous() : Tensor(), Geom{C, H * W, kCL && C > 1}, negative_slope, z, bterm);
     } else {
       z = to_layout(lam, kCL);
       bterm = bias ? at::matmul(z.sum({-2, -1}), *bias) : at::zeros({lam.size(0), B, Kr}, lam.options());
@@ -664,9 +676,9 @@ struct Ops {
                                             const OptTensor& lower, const OptTensor& upper, const Tensor& weight,
                                             const OptTensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                                             at::IntArrayRef dilation, at::IntArrayRef output_padding,
-                                            std::array<bool, 5> mask) {
+                                            std::array<bool, 5> mask, double negative_slope) {
     const char* op = "crown_conv2d_step_backward";
-    check_step(op, lam, lower, upper, weight, bias);
+    check_step(op, lam, lower, upper, weight, bias, negative_slope);
     check_conv_step(op, lam, weight, stride, padding, dilation, output_padding);
     check_same(op, {{"grad_lam_in", &g_in}, {"grad_bias", &g_bias}, {"lam", &lam}});
     const int64_t M = lam.size(0), B = lam.size(1), Kr = lam.size(2), C = lam.size(3), H = lam.size(4),
@@ -698,7 +710,7 @@ struct Ops {
       Tensor gl = empty_layout(l.sizes(), l.options(), kCL), gu = empty_layout(l.sizes(), l.options(), kCL);
       Tensor gcb = (bias && mask[4]) ? at::empty({C}, lam.options()) : Tensor();
       K::relax_backward(to_layout(lam, kCL), l, u, gz, gb, bias ? bias->contiguous() : Tensor(),
-                        Geom{C, H * W, kCL && C > 1}, g_lam, gl, gu, mask[3] ? z : Tensor(), gcb);
+                        Geom{C, H * W, kCL && C > 1}, negative_slope, g_lam, gl, gu, mask[3] ? z : Tensor(), gcb);
       if (mask[1]) g_l = like(gl, *lower);
       if (mask[2]) g_u = like(gu, *upper);
       if (gcb.defined()) g_b = gcb;

@@ -26,14 +26,16 @@ TORCH_LIBRARY(gmbound, m) {
 
   // ---------------------------------------------------------------- CROWN steps
   // ReLU relaxation of Lambda (lower/upper: the ReLU's pre-activation bounds):
-  // lam_z = lam^+ alpha + lam^- s, bias = sum(lam^- t).
-  m.def("relu_relax(Tensor lam, Tensor lower, Tensor upper) -> (Tensor, Tensor)");
+  // lam_z = lam^+ alpha + lam^- s, bias = sum(lam^- t). negative_slope a in [0, 1]: the relaxation
+  // of leaky_relu(x) = max(x, a x) instead (here and in the fused steps).
+  m.def("relu_relax(Tensor lam, Tensor lower, Tensor upper, float negative_slope=0.) -> (Tensor, Tensor)");
   // One back-substitution step: the ReLU relaxation (when lower/upper are given) fused with the
   // affine layer below it: lam_in = lam_z W, bias = sum(lam^- t) + lam_z . b.
-  m.def("crown_linear_step(Tensor lam, Tensor? lower, Tensor? upper, Tensor weight, Tensor? bias)"
-        " -> (Tensor, Tensor)");
+  m.def("crown_linear_step(Tensor lam, Tensor? lower, Tensor? upper, Tensor weight, Tensor? bias,"
+        " float negative_slope=0.) -> (Tensor, Tensor)");
   m.def("crown_conv2d_step(Tensor lam, Tensor? lower, Tensor? upper, Tensor weight, Tensor? bias,"
-        " int[2] stride, int[2] padding, int[2] dilation, int[2] output_padding) -> (Tensor, Tensor)");
+        " int[2] stride, int[2] padding, int[2] dilation, int[2] output_padding, float negative_slope=0.)"
+        " -> (Tensor, Tensor)");
   // Lower bound of lam . a over a in [l, u] (relu of it when relu_input): lam^+ l + lam^- u.
   m.def("concretize(Tensor lam, Tensor lower, Tensor upper, bool relu_input) -> Tensor");
 
@@ -52,13 +54,14 @@ TORCH_LIBRARY(gmbound, m) {
         " Tensor? x_min, Tensor? x_max, Tensor weight, bool has_bias, int[2] stride, int[2] padding,"
         " int[2] dilation, bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("relu_relax_backward(Tensor grad_lam, Tensor grad_bias, Tensor lam, Tensor lower, Tensor upper,"
-        " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+        " bool[3] output_mask, float negative_slope=0.) -> (Tensor, Tensor, Tensor)");
   m.def("crown_linear_step_backward(Tensor grad_lam_in, Tensor grad_bias, Tensor lam, Tensor? lower,"
-        " Tensor? upper, Tensor weight, Tensor? bias, bool[5] output_mask)"
+        " Tensor? upper, Tensor weight, Tensor? bias, bool[5] output_mask, float negative_slope=0.)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("crown_conv2d_step_backward(Tensor grad_lam_in, Tensor grad_bias, Tensor lam, Tensor? lower,"
         " Tensor? upper, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation,"
-        " int[2] output_padding, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        " int[2] output_padding, bool[5] output_mask, float negative_slope=0.)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("concretize_backward(Tensor grad_out, Tensor lam, Tensor lower, Tensor upper, bool relu_input,"
         " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

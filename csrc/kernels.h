@@ -34,17 +34,18 @@ struct Geom {
   static void bounds_grads(const at::Tensor& g_c, const at::Tensor& g_rho, const at::Tensor& lower,    \
                            const at::Tensor& upper, bool relu, const at::Tensor& g_lower,              \
                            const at::Tensor& g_upper);                                                 \
-  /* z = lam^+ alpha + lam^- s; bias = sum_s lam^- t + z * cbias[channel(s)] (cbias may be undefined) */ \
+  /* z = lam^+ alpha + lam^- s; bias = sum_s lam^- t + z * cbias[channel(s)] (cbias may be undefined); \
+     the relaxation of leaky_relu with 0 <= negative_slope <= 1 (0: ReLU) */                           \
   static void relax_forward(const at::Tensor& lam, const at::Tensor& lower, const at::Tensor& upper,   \
-                            const at::Tensor& cbias, Geom geom, const at::Tensor& z,                   \
-                            const at::Tensor& bias);                                                   \
+                            const at::Tensor& cbias, Geom geom, double negative_slope,                 \
+                            const at::Tensor& z, const at::Tensor& bias);                              \
   /* gradients of relax_forward given g_z [N, B, K, S] and g_bias [N, B, K]; also writes z when      \
      defined and the gradient of cbias when g_cbias is defined */                                      \
   static void relax_backward(const at::Tensor& lam, const at::Tensor& lower, const at::Tensor& upper,  \
                              const at::Tensor& g_z, const at::Tensor& g_bias, const at::Tensor& cbias, \
-                             Geom geom, const at::Tensor& g_lam, const at::Tensor& g_lower,            \
-                             const at::Tensor& g_upper, const at::Tensor& z,                           \
-                             const at::Tensor& g_cbias);                                               \
+                             Geom geom, double negative_slope, const at::Tensor& g_lam,                \
+                             const at::Tensor& g_lower, const at::Tensor& g_upper,                     \
+                             const at::Tensor& z, const at::Tensor& g_cbias);                          \
   /* out [N, B, K] = sum_s lam^+ l + lam^- u (of relu(l), relu(u) when relu) */                        \
   static void concretize_forward(const at::Tensor& lam, const at::Tensor& lower,                       \
                                  const at::Tensor& upper, bool relu, const at::Tensor& out);           \

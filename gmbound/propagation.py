@@ -98,13 +98,15 @@ def backward(graph: BoundGraph, shapes: list[Shape], start: int, lam: torch.Tens
             continue
         node = graph.nodes[i]
         op, below = node.op, node.inputs[0]
-        if (fused is not None and op.kind == "relu" and below != 0 and below not in stop
+        slope = op.relu_slope()
+        if (fused is not None and slope is not None and below != 0 and below not in stop
                 and hasattr(graph.nodes[below].op, "fused_args") and len(graph.users[below]) == 1):
-            # ReLU and the affine op below it (whose only consumer it is) in one step
+            # a (leaky) ReLU and the affine op below it (whose only consumer it is) in one step
             args = graph.nodes[below].op.fused_args(shapes[graph.nodes[below].inputs[0]], shapes[below])
             # a Linear reading a Flatten: Lambda straight onto the image, in the kernels' layout
             image = _flattened_image(graph, shapes, graph.nodes[below].inputs[0], stop) if args[2] is None else None
-            lam_in, term = fused(lam, *pre_relu[i], *args, **({"unflatten": image} if image else {}))
+            lam_in, term = fused(lam, *pre_relu[i], *args, negative_slope=slope,
+                                 **({"unflatten": image} if image else {}))
             lams, inputs = [lam_in], graph.nodes[below].inputs
         else:
             lams, term = op.backward(prims, lam, [shapes[j] for j in node.inputs], shapes[i], pre_relu.get(i))

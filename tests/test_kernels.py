@@ -52,14 +52,15 @@ def randn(g, *shape, dtype=torch.float64):
     return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
 
 
-def rand_bounds(g, *shape, width: float = 1.5):
+def rand_bounds(g, *shape, width: float = 1.5, slope: float = 0.0):
     """``lower <= upper`` with every ReLU case present: inactive, active, unstable both ways, and
-    the edge cases the kernels must treat as the reference does (exact zeros, u == -l, l == u)."""
+    the edge cases the kernels must treat as the reference does (exact zeros, l == u, and the tie
+    of the adaptive lower slope u == (2a - 1) l, a = ``slope``: u == -l for ReLU)."""
     lower = torch.randn(shape, generator=g, dtype=torch.float64)
     upper = lower + width * torch.rand(shape, generator=g, dtype=torch.float64)
     pick = torch.rand(shape, generator=g)
     lower = torch.where(pick < 0.03, torch.zeros_like(lower), lower)                # l == 0
-    upper = torch.where((pick >= 0.03) & (pick < 0.06) & (lower < 0), -lower, upper)  # u == -l
+    upper = torch.where((pick >= 0.03) & (pick < 0.06) & (lower < 0), (2 * slope - 1) * lower, upper)  # tie
     upper = torch.where((pick >= 0.06) & (pick < 0.08), lower, upper)               # l == u
     return lower, torch.maximum(lower, upper)
 
@@ -204,24 +205,29 @@ def test_interval_input_layer(device, dtype, domain, layer):
 # ----------------------------------------------------------------------------- CROWN steps
 # (N, B, K, S); the last is big enough to run the CPU kernels on several threads
 RELAX_CASES = [(1, 1, 1, (1,)), (3, 2, 4, (5, 3, 2)), (16, 2, 3, (7,)), (5, 3, 2, (2, 4, 4)), (16, 3, 5, (8, 16, 16))]
+# negative slopes a of the (leaky) ReLU relaxation: ReLU, and a leaky ReLU whose tie u == (2a - 1) l
+# is exact in float32 and float64 alike (2a - 1 = -1/2)
+SLOPES = [0.0, 0.25]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", RELAX_CASES, ids=_ids(RELAX_CASES))
 @pytest.mark.parametrize("shared", [True, False])
-def test_relu_relax(device, dtype, case, shared):
+@pytest.mark.parametrize("slope", SLOPES)
+def test_relu_relax(device, dtype, case, shared, slope):
     n, b, k, s = case
-    g = gen(hash((case, shared)) % 2 ** 31)
-    lower, upper = rand_bounds(g, n, b, *s)
+    g = gen(hash((case, shared, slope)) % 2 ** 31)
+    lower, upper = rand_bounds(g, n, b, *s, slope=slope)
     lam = rand_lam(g, 1 if shared else n, b, k, *s)
-    check_against_reference(ops.relu_relax, R.relu_backward, [lam, lower, upper], device, dtype)
+    check_against_reference(lambda *t: ops.relu_relax(*t, slope), lambda *t: R.relu_backward(*t, slope),
+                            [lam, lower, upper], device, dtype)
 
 
-def _ref_linear_step(lam, lower, upper, w, bias):
+def _ref_linear_step(lam, lower, upper, w, bias, slope=0.0):
     term = None
     if lower is not None:
-        lam, term = R.relu_backward(lam, lower, upper)
+        lam, term = R.relu_backward(lam, lower, upper, slope)
     lam, t2 = R.linear_backward(lam, w, bias)
     terms = [t for t in (term, t2) if t is not None]
     total = sum(terms) if terms else torch.zeros(lam.shape[:3], dtype=lam.dtype)
@@ -234,14 +240,16 @@ def _ref_linear_step(lam, lower, upper, w, bias):
 @pytest.mark.parametrize("relax", [True, False])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("has_bias", [True, False])
-def test_crown_linear_step(device, dtype, case, relax, shared, has_bias):
+@pytest.mark.parametrize("slope", SLOPES)
+def test_crown_linear_step(device, dtype, case, relax, shared, has_bias, slope):
     n, b, d_in, d_out = case
-    g = gen(hash((case, relax, shared, has_bias)) % 2 ** 31)
+    g = gen(hash((case, relax, shared, has_bias, slope)) % 2 ** 31)
     k = 3
-    lower, upper = rand_bounds(g, n, b, d_out) if relax else (None, None)
+    lower, upper = rand_bounds(g, n, b, d_out, slope=slope) if relax else (None, None)
     lam = rand_lam(g, 1 if shared else n, b, k, d_out)
     w, bias = randn(g, d_out, d_in), (randn(g, d_out) if has_bias else None)
-    check_against_reference(ops.crown_linear_step, _ref_linear_step, [lam, lower, upper, w, bias], device, dtype)
+    check_against_reference(lambda *t: ops.crown_linear_step(*t, slope), lambda *t: _ref_linear_step(*t, slope),
+                            [lam, lower, upper, w, bias], device, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -249,25 +257,26 @@ def test_crown_linear_step(device, dtype, case, relax, shared, has_bias):
 @pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
 @pytest.mark.parametrize("relax", [True, False])
 @pytest.mark.parametrize("shared", [True, False])
-def test_crown_conv2d_step(device, dtype, case, relax, shared):
+@pytest.mark.parametrize("slope", SLOPES)
+def test_crown_conv2d_step(device, dtype, case, relax, shared, slope):
     n, b, cin, cout, h, w_, k, s, p, d = case
     (ho, wo), out_pad = conv_geometry(h, w_, k, s, p, d)
-    g = gen(hash((case, relax, shared)) % 2 ** 31)
+    g = gen(hash((case, relax, shared, slope)) % 2 ** 31)
     kk = 2
-    lower, upper = rand_bounds(g, n, b, cout, ho, wo) if relax else (None, None)
+    lower, upper = rand_bounds(g, n, b, cout, ho, wo, slope=slope) if relax else (None, None)
     lam = rand_lam(g, 1 if shared else n, b, kk, cout, ho, wo)
     w, bias = randn(g, cout, cin, *k), (randn(g, cout) if n != 4 else None)
 
     def ref(lam, lower, upper, w, bias):
         term = None
         if lower is not None:
-            lam, term = R.relu_backward(lam, lower, upper)
+            lam, term = R.relu_backward(lam, lower, upper, slope)
         lam, t2 = R.conv2d_backward(lam, w, bias, s, p, d, out_pad)
         terms = [t for t in (term, t2) if t is not None]
         return lam, (sum(terms) if terms else torch.zeros(lam.shape[:3], dtype=lam.dtype))
 
     def cmp(lam, lower, upper, w, bias):
-        return ops.crown_conv2d_step(lam, lower, upper, w, bias, list(s), list(p), list(d), list(out_pad))
+        return ops.crown_conv2d_step(lam, lower, upper, w, bias, list(s), list(p), list(d), list(out_pad), slope)
 
     check_against_reference(cmp, ref, [lam, lower, upper, w, bias], device, dtype)
 
@@ -416,21 +425,34 @@ def _small_samples(requires_grad: bool, device: str = "cpu"):
     }
 
 
+LEAKY = 0.25  # the negative slope of the leaky variants (":leaky") of the relaxing ops
+
+
 def _fix_linear_step(samples):
     # crown_linear_step needs both bounds or neither: give it a proper pair
     lam, lower, _, w, b = samples["crown_linear_step"]
     upper = (lower.detach() + 0.7).requires_grad_(lower.requires_grad)
     samples["crown_linear_step"] = (lam, lower, upper, w, b)
+    for name in ("relu_relax", "crown_linear_step", "crown_conv2d_step"):  # the leaky ReLU relaxation
+        samples[name + ":leaky"] = samples[name] + (LEAKY,)
     return samples
 
 
+def _op(name: str):
+    """The op of a sample name (``"relu_relax:leaky"``: relu_relax with a negative slope)."""
+    return getattr(ops, name.split(":")[0])
+
+
+FORWARD_OPS = ["interval_linear", "interval_conv2d", "interval_input_linear", "interval_input_conv2d", "relu_relax",
+               "relu_relax:leaky", "crown_linear_step", "crown_linear_step:leaky", "crown_conv2d_step",
+               "crown_conv2d_step:leaky", "concretize"]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["interval_linear", "interval_conv2d", "interval_input_linear",
-                                  "interval_input_conv2d", "relu_relax", "crown_linear_step",
-                                  "crown_conv2d_step", "concretize"])
+@pytest.mark.parametrize("name", FORWARD_OPS)
 def test_gradcheck(name, device, one_thread):
     args = _fix_linear_step(_small_samples(True, device))[name]
-    op = getattr(ops, name)
+    op = _op(name)
 
     def fn(*tensors):
         it = iter(tensors)
@@ -441,16 +463,14 @@ def test_gradcheck(name, device, one_thread):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["interval_linear", "interval_conv2d", "interval_input_linear",
-                                  "interval_input_conv2d", "relu_relax", "crown_linear_step",
-                                  "crown_conv2d_step", "concretize"])
+@pytest.mark.parametrize("name", FORWARD_OPS)
 @pytest.mark.parametrize("requires_grad", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_forward_ops(name, requires_grad, device, one_thread):
     """Schema, fake kernel (sizes and strides: channels-last blocks on CPU, contiguous on CUDA),
     autograd registration and AOT dispatch, on each device's kernels."""
     args = _fix_linear_step(_small_samples(requires_grad, device))[name]
-    torch.library.opcheck(getattr(ops, name).default, args)
+    torch.library.opcheck(_op(name).default, args)
 
 
 def _backward_samples(device: str = "cpu"):
@@ -489,6 +509,8 @@ def _backward_samples(device: str = "cpu"):
     li, bias = ops.crown_conv2d_step(lam, lo, up, w, b, st, pa, di, op_)
     out["crown_conv2d_step_backward"] = (rnd(*li.shape), rnd(*bias.shape), lam, lo, up, w, b, st, pa,
                                          di, op_, [True, False, True, True, True])
+    for name in ("relu_relax_backward", "crown_linear_step_backward", "crown_conv2d_step_backward"):
+        out[name + ":leaky"] = out[name] + (LEAKY,)
     lam, lo, up, relu = s["concretize"]
     res = ops.concretize(lam, lo, up, relu)
     out["concretize_backward"] = (rnd(*res.shape), lam, lo, up, relu, [True, True, False])
@@ -498,11 +520,12 @@ def _backward_samples(device: str = "cpu"):
 @pytest.mark.parametrize("name", ["interval_linear_backward", "interval_conv2d_backward",
                                   "interval_input_linear_backward", "interval_input_conv2d_backward",
                                   "relu_relax_backward", "crown_linear_step_backward",
-                                  "crown_conv2d_step_backward", "concretize_backward"])
+                                  "crown_conv2d_step_backward", "concretize_backward", "relu_relax_backward:leaky",
+                                  "crown_linear_step_backward:leaky", "crown_conv2d_step_backward:leaky"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_backward_ops(name, device, one_thread):
     """The backward ops' schemas and fake kernels (the gradients' strides) on each device."""
-    torch.library.opcheck(getattr(ops, name).default, _backward_samples(device)[name],
+    torch.library.opcheck(_op(name).default, _backward_samples(device)[name],
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -521,3 +544,11 @@ def test_bad_arguments_raise_clear_errors():
         ops.relu_relax(torch.ones(3, 3, 2, 4, dtype=torch.float64), lower, upper)
     with pytest.raises(RuntimeError, match="give both lower and upper"):
         ops.crown_linear_step(torch.ones(1, 3, 2, 5, dtype=torch.float64), lower, None, w.t().contiguous(), None)
+    lam = torch.ones(1, 3, 2, 4, dtype=torch.float64)
+    for slope in (-0.1, 1.5, float("nan")):
+        with pytest.raises(RuntimeError, match=r"negative_slope must be in \[0, 1\]"):
+            ops.relu_relax(lam, lower, upper, slope)
+        with pytest.raises(RuntimeError, match=r"negative_slope must be in \[0, 1\]"):
+            ops.crown_linear_step(lam, lower, upper, w.t().contiguous(), None, slope)
+        with pytest.raises(ValueError, match=r"negative_slope must be in \[0, 1\]"):
+            R.relu_backward(lam, lower, upper, slope)

@@ -77,17 +77,18 @@ void bounds_grads_impl(const T* gc, const T* gr, const T* l, const T* u, bool re
 }
 
 // ------------------------------------------------------------------------------- ReLU relaxation
-// Coefficients of one block (bound_math.h): pos = alpha (lower line), neg = s (upper slope),
-// icp = t (upper intercept).
+// Coefficients of one block (bound_math.h) for negative slope a (0: ReLU): pos = alpha (lower
+// line), neg = s (upper slope), icp = t (upper intercept).
 template <typename T>
-inline void relax_coeffs(const T* l, const T* u, int64_t S, T* pos, T* neg, T* icp) {
-  for (int64_t s = 0; s < S; ++s) math::relu_relaxation(l[s], u[s], pos[s], neg[s], icp[s]);
+inline void relax_coeffs(const T* l, const T* u, T a, int64_t S, T* pos, T* neg, T* icp) {
+  for (int64_t s = 0; s < S; ++s) math::relu_relaxation(l[s], u[s], a, pos[s], neg[s], icp[s]);
 }
 
 // Gradients of (slope, intercept) of one block back to (lower, upper).
 template <typename T, typename A>
-inline void relax_coeff_grads(const T* l, const T* u, const A* gs, const A* gt, int64_t S, T* gl, T* gu) {
-  for (int64_t s = 0; s < S; ++s) math::relu_relaxation_grads(l[s], u[s], gs[s], gt[s], gl[s], gu[s]);
+inline void relax_coeff_grads(const T* l, const T* u, T a, const A* gs, const A* gt, int64_t S, T* gl, T* gu) {
+  const A keep = A(1) - A(a);
+  for (int64_t s = 0; s < S; ++s) math::relu_relaxation_grads(l[s], u[s], keep, gs[s], gt[s], gl[s], gu[s]);
 }
 
 // The affine layer's bias spread over the block's positions, bias[channel(s)] for every s, so
@@ -103,7 +104,7 @@ std::vector<T> bias_per_position(const T* cb, Geom geom) {
 }
 
 template <typename T>
-void relax_forward_impl(const T* lp, const T* lo, const T* up, const T* cb, Geom geom, T* zp, T* bp,
+void relax_forward_impl(const T* lp, const T* lo, const T* up, const T* cb, Geom geom, T a, T* zp, T* bp,
                         const Dims& d) {
   using acc_t = at::acc_type<T, false>;
   const int64_t S = d.S, K = d.K, B = d.B, M = d.M, C = geom.C, HW = geom.HW;
@@ -114,7 +115,7 @@ void relax_forward_impl(const T* lp, const T* lo, const T* up, const T* cb, Geom
     T* icp = neg + S;
     for (int64_t nb = begin; nb < end; ++nb) {
       const int64_t n = nb / B, b = nb % B, m = M == 1 ? 0 : n;
-      relax_coeffs(lo + nb * S, up + nb * S, S, pos, neg, icp);
+      relax_coeffs(lo + nb * S, up + nb * S, a, S, pos, neg, icp);
       for (int64_t k = 0; k < K; ++k) {
         const T* v = lp + ((m * B + b) * K + k) * S;
         T* zo = zp + (nb * K + k) * S;
@@ -156,7 +157,7 @@ constexpr int64_t kRelaxBlock = 512;
 
 template <typename T>
 void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, const T* gbp, const T* cb, Geom geom,
-                         T* glam, T* glo, T* gup, T* zp, T* gcb_out, const Dims& d) {
+                         T a, T* glam, T* glo, T* gup, T* zp, T* gcb_out, const Dims& d) {
   using acc_t = at::acc_type<T, false>;
   const int64_t S = d.S, K = d.K, B = d.B, M = d.M, N = d.N, C = geom.C, HW = geom.HW;
   const bool cl = geom.channels_last;
@@ -205,7 +206,7 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
         if (gzb != nullptr) std::fill(gzb, gzb + S, acc_t(0));
         for (int64_t s0 = 0; s0 < S; s0 += kRelaxBlock) {
           const int64_t SB = std::min(kRelaxBlock, S - s0);
-          relax_coeffs(lo + nb * S + s0, up + nb * S + s0, SB, pos, neg, icp);
+          relax_coeffs(lo + nb * S + s0, up + nb * S + s0, a, SB, pos, neg, icp);
           std::fill(gs, gs + 2 * kRelaxBlock, acc_t(0));
           const T* cbp = cb != nullptr ? cb_pos.data() + s0 : nullptr;
           for (int64_t k = 0; k < K; ++k) {
@@ -239,7 +240,7 @@ void relax_backward_impl(const T* lp, const T* lo, const T* up, const T* gzp, co
               for (int64_t s = 0; s < SB; ++s) gzbb[s] += acc_t(gb * math::relaxed_lam(v[s], pos[s], neg[s]));
             }
           }
-          relax_coeff_grads(lo + nb * S + s0, up + nb * S + s0, gs, gt, SB, glo + nb * S + s0, gup + nb * S + s0);
+          relax_coeff_grads(lo + nb * S + s0, up + nb * S + s0, a, gs, gt, SB, glo + nb * S + s0, gup + nb * S + s0);
         }
         if (gzb != nullptr) {  // this (radius, sample)'s bias gradient: the positions of each channel
           acc_t* gcbl = gcb_rows.data() + task * C;
@@ -411,21 +412,22 @@ void CpuKernels::bounds_grads(const at::Tensor& g_c, const at::Tensor& g_rho, co
 }
 
 void CpuKernels::relax_forward(const at::Tensor& lam, const at::Tensor& lower, const at::Tensor& upper,
-                               const at::Tensor& cbias, Geom geom, const at::Tensor& z, const at::Tensor& bias) {
+                               const at::Tensor& cbias, Geom geom, double negative_slope, const at::Tensor& z,
+                               const at::Tensor& bias) {
   for (auto* t : {&lam, &lower, &upper, &z, &bias}) check_dense(*t, "relax_forward operand");
   const Dims d = lam_dims(lam, lower);
   TORCH_CHECK(!cbias.defined() || geom.C * geom.HW == d.S, "gmbound: relax_forward geometry does not fit");
   AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "gmbound_relax_forward_cpu", [&] {
     relax_forward_impl<scalar_t>(lam.const_data_ptr<scalar_t>(), lower.const_data_ptr<scalar_t>(),
                                  upper.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(cbias), geom,
-                                 z.mutable_data_ptr<scalar_t>(), bias.mutable_data_ptr<scalar_t>(), d);
+                                 static_cast<scalar_t>(negative_slope), z.mutable_data_ptr<scalar_t>(), bias.mutable_data_ptr<scalar_t>(), d);
   });
 }
 
 void CpuKernels::relax_backward(const at::Tensor& lam, const at::Tensor& lower, const at::Tensor& upper,
                                 const at::Tensor& g_z, const at::Tensor& g_bias, const at::Tensor& cbias, Geom geom,
-                                const at::Tensor& g_lam, const at::Tensor& g_lower, const at::Tensor& g_upper,
-                                const at::Tensor& z, const at::Tensor& g_cbias) {
+                                double negative_slope, const at::Tensor& g_lam, const at::Tensor& g_lower,
+                                const at::Tensor& g_upper, const at::Tensor& z, const at::Tensor& g_cbias) {
   for (auto* t : {&lam, &lower, &upper, &g_z, &g_bias, &g_lam, &g_lower, &g_upper}) {
     check_dense(*t, "relax_backward operand");
   }
@@ -437,7 +439,7 @@ void CpuKernels::relax_backward(const at::Tensor& lam, const at::Tensor& lower, 
     relax_backward_impl<scalar_t>(lam.const_data_ptr<scalar_t>(), lower.const_data_ptr<scalar_t>(),
                                   upper.const_data_ptr<scalar_t>(), g_z.const_data_ptr<scalar_t>(),
                                   g_bias.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(cbias), geom,
-                                  g_lam.mutable_data_ptr<scalar_t>(), g_lower.mutable_data_ptr<scalar_t>(),
+                                  static_cast<scalar_t>(negative_slope), g_lam.mutable_data_ptr<scalar_t>(), g_lower.mutable_data_ptr<scalar_t>(),
                                   g_upper.mutable_data_ptr<scalar_t>(), mut_or_null<scalar_t>(z),
                                   mut_or_null<scalar_t>(g_cbias), d);
   });

@@ -140,7 +140,7 @@ void launch_elementwise(void (*kernel)(Params...), const at::Tensor& like, int64
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     relax_forward_kernel(const T* __restrict__ lam, const T* __restrict__ lo, const T* __restrict__ up,
-                         const T* __restrict__ cb, int64_t HW, T* __restrict__ z, T* __restrict__ bias,
+                         const T* __restrict__ cb, int64_t HW, T a, T* __restrict__ z, T* __restrict__ bias,
                          acc_t<T>* __restrict__ partial, int64_t M, int64_t B, int64_t K, int64_t S, int64_t chunks) {
   using A = acc_t<T>;
   __shared__ A red[32];
@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool valid = s < S;
   T pos = 0, neg = 0, icp = 0, cbv = 0;
   if (valid) {
-    math::relu_relaxation(lo[nb * S + s], up[nb * S + s], pos, neg, icp);
+    math::relu_relaxation(lo[nb * S + s], up[nb * S + s], a, pos, neg, icp);
     if (cb != nullptr) cbv = cb[s / HW];
   }
   for (int64_t k = 0; k < K; ++k) {
@@ -172,7 +172,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     relax_backward_kernel(const T* __restrict__ lam, const T* __restrict__ lo, const T* __restrict__ up,
                           const T* __restrict__ gz, const T* __restrict__ gbias, const T* __restrict__ cb, int64_t HW,
-                          T* __restrict__ glam, T* __restrict__ glo, T* __restrict__ gup, T* __restrict__ z, int64_t M,
+                          T a, T* __restrict__ glam, T* __restrict__ glo, T* __restrict__ gup, T* __restrict__ z, int64_t M,
                           int64_t N, int64_t B, int64_t K, int64_t S, bool shared, int64_t tasks) {
   using A = acc_t<T>;
   GMBOUND_GRID_STRIDE(i, tasks * S) {
@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t nb = n * B + b, m = M == 1 ? 0 : n;
       const T l = lo[nb * S + s], u = up[nb * S + s];
       T pos, neg, icp;
-      math::relu_relaxation(l, u, pos, neg, icp);
+      math::relu_relaxation(l, u, a, pos, neg, icp);
       A gs = 0, gt = 0;
       for (int64_t k = 0; k < K; ++k) {
         const int64_t li = ((m * B + b) * K + k) * S + s, zi = (nb * K + k) * S + s;
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(kThreads)
         gt += A(gb * xn);
         if (z != nullptr) z[zi] = math::relaxed_lam(x, pos, neg);
       }
-      math::relu_relaxation_grads(l, u, gs, gt, glo[nb * S + s], gup[nb * S + s]);
+      math::relu_relaxation_grads(l, u, A(1) - A(a), gs, gt, glo[nb * S + s], gup[nb * S + s]);
     }
   }
 }
@@ -319,7 +319,8 @@ void CudaKernels::bounds_grads(const at::Tensor& g_c, const at::Tensor& g_rho, c
 }
 
 void CudaKernels::relax_forward(const at::Tensor& lam, const at::Tensor& lower, const at::Tensor& upper,
-                                const at::Tensor& cbias, Geom geom, const at::Tensor& z, const at::Tensor& bias) {
+                                const at::Tensor& cbias, Geom geom, double negative_slope, const at::Tensor& z,
+                                const at::Tensor& bias) {
   for (auto* t : {&lam, &lower, &upper, &z, &bias}) check_cuda(*t, "relax_forward operand");
   if (cbias.defined()) check_cuda(cbias, "relax_forward bias");
   TORCH_CHECK(!geom.channels_last, "gmbound CUDA kernels take contiguous (NCHW) blocks");
@@ -337,7 +338,8 @@ void CudaKernels::relax_forward(const at::Tensor& lam, const at::Tensor& lower, 
     using A = acc_t<scalar_t>;
     relax_forward_kernel<scalar_t><<<grid_rows(d.N * d.B * chunks), kThreads, 0, stream>>>(
         lam.const_data_ptr<scalar_t>(), lower.const_data_ptr<scalar_t>(), upper.const_data_ptr<scalar_t>(),
-        ptr_or_null<scalar_t>(cbias), std::max<int64_t>(1, geom.HW), z.mutable_data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(cbias), std::max<int64_t>(1, geom.HW), static_cast<scalar_t>(negative_slope),
+        z.mutable_data_ptr<scalar_t>(),
         bias.mutable_data_ptr<scalar_t>(), mut_or_null<A>(partial), d.M, d.B, d.K, d.S, chunks);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (chunks > 1) {
@@ -350,8 +352,8 @@ void CudaKernels::relax_forward(const at::Tensor& lam, const at::Tensor& lower, 
 
 void CudaKernels::relax_backward(const at::Tensor& lam, const at::Tensor& lower, const at::Tensor& upper,
                                  const at::Tensor& g_z, const at::Tensor& g_bias, const at::Tensor& cbias, Geom geom,
-                                 const at::Tensor& g_lam, const at::Tensor& g_lower, const at::Tensor& g_upper,
-                                 const at::Tensor& z, const at::Tensor& g_cbias) {
+                                 double negative_slope, const at::Tensor& g_lam, const at::Tensor& g_lower,
+                                 const at::Tensor& g_upper, const at::Tensor& z, const at::Tensor& g_cbias) {
   for (auto* t : {&lam, &lower, &upper, &g_z, &g_bias, &g_lam, &g_lower, &g_upper}) {
     check_cuda(*t, "relax_backward operand");
   }
@@ -373,7 +375,7 @@ void CudaKernels::relax_backward(const at::Tensor& lam, const at::Tensor& lower,
       relax_backward_kernel<scalar_t><<<blocks_for(tasks * d.S), kThreads, 0, stream>>>(
           lam.const_data_ptr<scalar_t>(), lower.const_data_ptr<scalar_t>(), upper.const_data_ptr<scalar_t>(),
           g_z.const_data_ptr<scalar_t>(), g_bias.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(cbias),
-          std::max<int64_t>(1, geom.HW), g_lam.mutable_data_ptr<scalar_t>(), g_lower.mutable_data_ptr<scalar_t>(),
+          std::max<int64_t>(1, geom.HW), static_cast<scalar_t>(negative_slope), g_lam.mutable_data_ptr<scalar_t>(), g_lower.mutable_data_ptr<scalar_t>(),
           g_upper.mutable_data_ptr<scalar_t>(), mut_or_null<scalar_t>(zbuf), d.M, d.N, d.B, d.K, d.S, shared,
           tasks);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

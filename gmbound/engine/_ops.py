@@ -105,7 +105,7 @@ def _(x, radii, x_min, x_max, weight, bias, stride, padding, dilation):
 
 
 @torch.library.register_fake(_LIB + "relu_relax")
-def _(lam, lower, upper):
+def _(lam, lower, upper, negative_slope=0.0):
     n, b = lower.shape[:2]
     k = lam.shape[2]
     z = _empty_layout((n, b, k) + tuple(lower.shape[2:]), lam, _conv_cl(lower) and is_cl_block(lower))
@@ -113,14 +113,14 @@ def _(lam, lower, upper):
 
 
 @torch.library.register_fake(_LIB + "crown_linear_step")
-def _(lam, lower, upper, weight, bias):
+def _(lam, lower, upper, weight, bias, negative_slope=0.0):
     m = lower.shape[0] if lower is not None else lam.shape[0]
     b, k = lam.shape[1:3]
     return lam.new_empty((m, b, k, weight.shape[1])), lam.new_empty((m, b, k))
 
 
 @torch.library.register_fake(_LIB + "crown_conv2d_step")
-def _(lam, lower, upper, weight, bias, stride, padding, dilation, output_padding):
+def _(lam, lower, upper, weight, bias, stride, padding, dilation, output_padding, negative_slope=0.0):
     m = lower.shape[0] if lower is not None else lam.shape[0]
     b, k, _, h, w = lam.shape[1:]
     kh, kw = weight.shape[-2:]
@@ -168,7 +168,7 @@ def _(grad_lower, grad_upper, x, radii, x_min, x_max, weight, has_bias, stride, 
 
 
 @torch.library.register_fake(_LIB + "relu_relax_backward")
-def _(grad_lam, grad_bias, lam, lower, upper, output_mask):
+def _(grad_lam, grad_bias, lam, lower, upper, output_mask, negative_slope=0.0):
     return (_grad_like(output_mask[0], lam, lam), _grad_like(output_mask[1], lower, lam),
             _grad_like(output_mask[2], upper, lam))
 
@@ -180,13 +180,13 @@ def _fake_step_backward(lam, lower, upper, weight, bias, output_mask):
 
 
 @torch.library.register_fake(_LIB + "crown_linear_step_backward")
-def _(grad_lam_in, grad_bias, lam, lower, upper, weight, bias, output_mask):
+def _(grad_lam_in, grad_bias, lam, lower, upper, weight, bias, output_mask, negative_slope=0.0):
     return _fake_step_backward(lam, lower, upper, weight, bias, output_mask)
 
 
 @torch.library.register_fake(_LIB + "crown_conv2d_step_backward")
 def _(grad_lam_in, grad_bias, lam, lower, upper, weight, bias, stride, padding, dilation, output_padding,
-      output_mask):
+      output_mask, negative_slope=0.0):
     return _fake_step_backward(lam, lower, upper, weight, bias, output_mask)
 
 
@@ -295,7 +295,9 @@ _register_autograd("interval_input_conv2d", _backward_input_conv2d, setup_contex
 
 
 def _setup_relax(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:3])
+    ctx.n_inputs = len(inputs)
+    ctx.negative_slope = inputs[3] if len(inputs) > 3 else 0.0
     ctx.bias_shape = output[1].shape
 
 
@@ -307,17 +309,22 @@ def _backward_relax(ctx, g_z, g_bias):
         g_z = lam.new_zeros((lower.shape[0],) + tuple(lam.shape[1:]))
     if g_bias is None:
         g_bias = lam.new_zeros(ctx.bias_shape)
-    grads = ops.relu_relax_backward(g_z, g_bias, lam, lower, upper, mask)
-    return tuple(_pick(g, m) for g, m in zip(grads, mask))
+    grads = ops.relu_relax_backward(g_z, g_bias, lam, lower, upper, mask, ctx.negative_slope)
+    return tuple(_pick(g, m) for g, m in zip(grads, mask)) + (None,) * (ctx.n_inputs - 3)
 
 
 _register_autograd("relu_relax", _backward_relax, setup_context=_setup_relax)
 
 
 def _setup_step(ctx, inputs, output):
+    # inputs: lam, lower, upper, weight, bias, then the convolution's geometry (conv step only) and
+    # negative_slope (when the caller passed it)
     lam, lower, upper, weight, bias = inputs[:5]
     ctx.save_for_backward(lam, lower, upper, weight, bias)
-    ctx.extra = inputs[5:]
+    ctx.n_inputs = len(inputs)
+    conv_geometry = 4 if ctx.n_inputs >= 9 else 0
+    ctx.extra = inputs[5:5 + conv_geometry]
+    ctx.negative_slope = inputs[5 + conv_geometry] if ctx.n_inputs > 5 + conv_geometry else 0.0
     ctx.out_shapes = (output[0].shape, output[1].shape)
 
 
@@ -333,15 +340,16 @@ def _step_grads(ctx, g_in, g_bias):
 def _backward_linear_step(ctx, g_in, g_bias):
     lam, lower, upper, weight, bias = ctx.saved_tensors
     g_in, g_bias, mask = _step_grads(ctx, g_in, g_bias)
-    grads = ops.crown_linear_step_backward(g_in, g_bias, lam, lower, upper, weight, bias, mask)
-    return tuple(_pick(g, m) for g, m in zip(grads, mask))
+    grads = ops.crown_linear_step_backward(g_in, g_bias, lam, lower, upper, weight, bias, mask, ctx.negative_slope)
+    return tuple(_pick(g, m) for g, m in zip(grads, mask)) + (None,) * (ctx.n_inputs - 5)
 
 
 def _backward_conv_step(ctx, g_in, g_bias):
     lam, lower, upper, weight, bias = ctx.saved_tensors
     g_in, g_bias, mask = _step_grads(ctx, g_in, g_bias)
-    grads = ops.crown_conv2d_step_backward(g_in, g_bias, lam, lower, upper, weight, bias, *ctx.extra, mask)
-    return tuple(_pick(g, m) for g, m in zip(grads, mask)) + (None, None, None, None)
+    grads = ops.crown_conv2d_step_backward(g_in, g_bias, lam, lower, upper, weight, bias, *ctx.extra, mask,
+                                           ctx.negative_slope)
+    return tuple(_pick(g, m) for g, m in zip(grads, mask)) + (None,) * (ctx.n_inputs - 5)
 
 
 _register_autograd("crown_linear_step", _backward_linear_step, setup_context=_setup_step)

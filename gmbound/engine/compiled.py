@@ -102,10 +102,10 @@ def interval_conv2d(lower, upper, weight, bias, stride, padding, dilation, relu_
 
 
 # ----------------------------------------------------------------------------- CROWN steps
-def relu_backward(lam, lower, upper):
+def relu_backward(lam, lower, upper, negative_slope: float = 0.0):
     if not _kernels_take(lam):
-        return _ref.relu_backward(lam, lower, upper)
-    return _ops.relu_relax(lam, lower, upper)
+        return _ref.relu_backward(lam, lower, upper, negative_slope)
+    return _ops.relu_relax(lam, lower, upper, float(negative_slope))
 
 
 def linear_backward(lam, weight, bias):
@@ -123,16 +123,18 @@ def conv2d_backward(lam, weight, bias, stride, padding, dilation, output_padding
     return lam_in, (term if bias is not None else None)
 
 
-def relu_affine_backward(lam, lower, upper, weight, bias, conv=None, unflatten=None):
+def relu_affine_backward(lam, lower, upper, weight, bias, conv=None, unflatten=None, negative_slope: float = 0.0):
     """A ReLU (pre-activation bounds ``[lower, upper]``) and the Linear / Conv2d below it, in one step.
 
     ``conv``: None for a Linear layer, else ``(stride, padding, dilation, output_padding)`` of the
     convolution. Returns Lambda on the affine op's input and the bias term, as the two reference
     steps together do. ``unflatten=(C, H, W)`` (a Linear reading a flattened image): Lambda comes
     back as ``[M, B, K, C, H, W]``, on CPU in the channels-last blocks the convolution kernels work in.
+    ``negative_slope`` in ``[0, 1]``: a leaky ReLU instead of the ReLU.
     """
+    negative_slope = float(negative_slope)
     if not _kernels_take(lam):
-        lam, term = _ref.relu_backward(lam, lower, upper)
+        lam, term = _ref.relu_backward(lam, lower, upper, negative_slope)
         if conv is None:
             lam, t2 = _ref.linear_backward(lam, weight, bias)
         else:
@@ -141,14 +143,14 @@ def relu_affine_backward(lam, lower, upper, weight, bias, conv=None, unflatten=N
         return lam, (term if t2 is None else term + t2)
     if conv is None:
         if unflatten is None:
-            return _ops.crown_linear_step(lam, lower, upper, weight, bias)
-        return _linear_step_unflattened(lam, lower, upper, weight, bias, tuple(unflatten))
+            return _ops.crown_linear_step(lam, lower, upper, weight, bias, negative_slope)
+        return _linear_step_unflattened(lam, lower, upper, weight, bias, tuple(unflatten), negative_slope)
     stride, padding, dilation, out_pad = conv
     return _ops.crown_conv2d_step(lam, lower, upper, weight, bias, list(stride), list(padding), list(dilation),
-                                  list(out_pad))
+                                  list(out_pad), negative_slope)
 
 
-def _linear_step_unflattened(lam, lower, upper, weight, bias, chw: tuple[int, int, int]):
+def _linear_step_unflattened(lam, lower, upper, weight, bias, chw: tuple[int, int, int], negative_slope: float):
     """``crown_linear_step`` whose Lambda lands on a flattened image ``[C, H, W]``, as ``[..., C, H, W]``.
 
     The CPU convolution steps below work on channels-last blocks: a Lambda in the flattened
@@ -160,10 +162,10 @@ def _linear_step_unflattened(lam, lower, upper, weight, bias, chw: tuple[int, in
     c, h, w = chw
     rows = lam.shape[1] * lam.shape[2] * (lower.shape[0] if lower is not None else lam.shape[0])
     if lam.device.type != "cpu" or c <= 1 or weight.shape[0] > rows:
-        lam_in, term = _ops.crown_linear_step(lam, lower, upper, weight, bias)
+        lam_in, term = _ops.crown_linear_step(lam, lower, upper, weight, bias, negative_slope)
         return lam_in.unflatten(-1, chw), term
     w_hwc = weight.unflatten(1, chw).permute(0, 2, 3, 1).flatten(1)
-    lam_in, term = _ops.crown_linear_step(lam, lower, upper, w_hwc, bias)
+    lam_in, term = _ops.crown_linear_step(lam, lower, upper, w_hwc, bias, negative_slope)
     return lam_in.unflatten(-1, (h, w, c)).permute(0, 1, 2, 5, 3, 4), term
 
 

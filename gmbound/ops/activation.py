@@ -19,6 +19,9 @@ class ReLUOp(BoundOp):
         # Two ReLUs in a row: the first one acts; the pre-activation bounds of this one are its output.
         return Interval(*materialise(a, prims), relu_pending=True)
 
+    def relu_slope(self) -> float:
+        return 0.0
+
     def backward(self, prims, lam, in_shapes, out_shape, pre):
         lam_in, term = prims.relu_backward(lam, *pre)
         return [lam_in], term

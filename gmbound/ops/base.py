@@ -86,6 +86,14 @@ class BoundOp:
         """IBP step: bounds of the output from the inputs' bounds."""
         raise NotImplementedError(f"no interval step for {self.where}")
 
+    def relu_slope(self) -> Optional[float]:
+        """``a`` when the op is ``leaky_relu`` with ``0 <= a <= 1`` (ReLU: 0), else None.
+
+        Such an op's CROWN step is the ReLU kernels' (``prims.relu_backward(..., negative_slope=a)``),
+        which the drivers may fuse with the Linear / Conv2d below it.
+        """
+        return None
+
     def backward(self, prims, lam: torch.Tensor, in_shapes: Sequence[Shape], out_shape: Shape,
                  pre: Optional[tuple[torch.Tensor, torch.Tensor]]
                  ) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:

@@ -17,6 +17,7 @@ from typing import ClassVar, Optional
 
 import torch
 
+from ..reference import primitives as _ref
 from .base import BoundOp, Interval, materialise
 
 Tensor = torch.Tensor
@@ -192,6 +193,10 @@ class LeakyReLUOp(ElementwiseOp):
     exceeds 1/2 for ``a >= 0``, ``(1 + a) / 2`` for ``a < 0``: for ``abs``, 1 when ``u > -l``).
     ``a > 1`` (concave): the chord below and the line through 0 with slope 1 or ``a`` above.
     (For ``a`` between -1 and 0, and below -1 or above 1, auto_LiRPA has no LeakyReLU.)
+
+    ``0 <= a <= 1`` (the usual leaky ReLU): the same lines from the ReLU relaxation
+    (``prims.relu_backward(..., negative_slope=a)``), so the compiled ReLU kernels run it, fused
+    with the Linear / Conv2d below as for a ReLU.
     """
 
     relaxation = "chord, and an adaptive line through 0 (slope 1 or a)"
@@ -210,15 +215,27 @@ class LeakyReLUOp(ElementwiseOp):
         zero = torch.zeros_like(lo)
         return torch.where(cross, torch.minimum(lo, zero), lo), torch.where(cross, torch.maximum(hi, zero), hi)
 
+    def relu_slope(self) -> Optional[float]:
+        return self.slope if 0.0 <= self.slope <= 1.0 else None
+
+    def backward(self, prims, lam, in_shapes, out_shape, pre):
+        if self.relu_slope() is None:
+            return super().backward(prims, lam, in_shapes, out_shape, pre)
+        lam_in, term = prims.relu_backward(lam, *pre, negative_slope=self.slope)
+        return [lam_in], term
+
     def lines(self, l, u):
         a = self.slope
+        if self.relu_slope() is not None:  # the ReLU kernels' relaxation (what ``backward`` uses)
+            lo_s, up_s, up_b = _ref.relu_relaxation(l, u, a)
+            return lo_s, torch.zeros_like(l), up_s, up_b
         one, zero = torch.ones_like(l), torch.zeros_like(l)
         f_l, f_u = self.fn(l), self.fn(u)
         neg, pos = u <= 0, l >= 0
         cross = ~(neg | pos)
         convex = a <= 1
         chord = _chord(f_l, f_u, l, u, one, above=convex)
-        threshold = 0.5 if 0 <= a <= 1 else (1 + a) / 2
+        threshold = (1 + a) / 2  # a < 0 when convex here: 0 <= a <= 1 took the ReLU relaxation above
         pick_one = chord[0] > threshold if convex else u > -l
         origin_slope = torch.where(pick_one, one, one * a)
         if convex:

@@ -110,33 +110,44 @@ def interval_avg_pool2d(lower: torch.Tensor, upper: torch.Tensor, kernel, stride
 
 
 # ----------------------------------------------------------------------------- CROWN steps
-def relu_relaxation(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def relu_relaxation(lower: torch.Tensor, upper: torch.Tensor,
+                    negative_slope: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Linear relaxation of ``relu`` on ``[l, u]``: ``alpha z <= relu(z) <= s z + t``.
 
     inactive (u <= 0): alpha = s = t = 0; active (l >= 0): alpha = s = 1, t = 0;
     unstable: ``s = u / (u - l)``, ``t = -s l`` (the chord), and the adaptive lower slope of
     CROWN-IBP, ``alpha = 1 if u > -l else 0`` (the line of least area). ``u - l > 0`` holds
     whenever the neuron is unstable, so no guard term is needed and active slopes are exactly 1.
+
+    ``negative_slope`` ``a`` in ``[0, 1]``: the same for ``leaky_relu(z) = max(z, a z) = a z + (1 - a)
+    relu(z)``, convex: slopes ``a + (1 - a) s`` (``a`` when inactive), intercept ``(1 - a) t``, and
+    ``alpha = 1`` where the chord's slope exceeds 1/2 (``u > (2a - 1) l``), else ``a`` (auto_LiRPA's
+    adaptive choice). At ``a = 0`` every term reduces exactly to ReLU's.
     """
+    if not 0.0 <= negative_slope <= 1.0:
+        raise ValueError(f"negative_slope must be in [0, 1] (a convex leaky ReLU), got {negative_slope!r}")
+    a = negative_slope
     active = lower >= 0
     unstable = (lower < 0) & (upper > 0)
     denom = torch.where(unstable, upper - lower, torch.ones_like(upper))
     chord = torch.where(unstable, upper / denom, torch.zeros_like(upper))
-    upper_slope = torch.where(active, torch.ones_like(upper), chord)
-    upper_intercept = -chord * lower  # zero wherever the chord is zero
-    alpha = (active | (unstable & (upper > -lower))).to(upper.dtype)
+    upper_slope = torch.where(active, torch.ones_like(upper), a + (1 - a) * chord)
+    upper_intercept = -((1 - a) * chord) * lower  # zero wherever the chord is zero
+    one = active | (unstable & (upper > (2 * a - 1) * lower))
+    alpha = torch.where(one, torch.ones_like(upper), torch.full_like(upper, a))
     return alpha, upper_slope, upper_intercept
 
 
-def relu_backward(lam: torch.Tensor, lower: torch.Tensor,
-                  upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def relu_backward(lam: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                  negative_slope: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Back-substitute a *lower* bound ``lam . relu(z)`` into a linear function of ``z``.
 
     Positive entries of Lambda take the lower line, negative ones the upper line:
     ``lam_z = lam^+ alpha + lam^- s``, bias ``sum(lam^- t)``.
-    ``lam``: ``[N or 1, B, K, *S]``, ``lower``/``upper``: ``[N, B, *S]``.
+    ``lam``: ``[N or 1, B, K, *S]``, ``lower``/``upper``: ``[N, B, *S]``. ``negative_slope``:
+    through ``leaky_relu`` instead (``relu_relaxation``).
     """
-    alpha, slope, intercept = (v.unsqueeze(2) for v in relu_relaxation(lower, upper))
+    alpha, slope, intercept = (v.unsqueeze(2) for v in relu_relaxation(lower, upper, negative_slope))
     lam_pos, lam_neg = torch.relu(lam), -torch.relu(-lam)  # no gradient at lam = 0 (see relu_bounds)
     lam_z = lam_pos * alpha + lam_neg * slope
     bias = (lam_neg * intercept).flatten(3).sum(-1)
