@@ -730,6 +730,65 @@ struct Ops {
     return {mask[0] ? like(g_lam, lam) : none_like(lam), g_l, g_u, g_w, g_b};
   }
 
+  // --------------------------------------------------------------------------- CROWN: max pooling
+  // lam [M, B, K, C, H', W'] through the windows' lines (index / up_slope / up_bias [N, B, C, H', W'],
+  // gmbound.reference.primitives.max_pool2d_relaxation) onto the pooling's input [N, B, K, C, H, W].
+  static void check_pool(const char* op, const Tensor& lam, const Tensor& index, const Tensor& up_slope,
+                         const Tensor& up_bias, at::IntArrayRef in_hw) {
+    check_same(op, {{"lam", &lam}, {"up_slope", &up_slope}, {"up_bias", &up_bias}});
+    TORCH_CHECK(index.scalar_type() == at::kLong, "gmbound::", op, ": index must be int64, got ", index.scalar_type());
+    TORCH_CHECK(index.device() == lam.device(), "gmbound::", op, ": device mismatch: index is on ", index.device(),
+                " but lam is on ", lam.device());
+    TORCH_CHECK(up_slope.dim() == 5 && index.sizes() == up_slope.sizes() && up_bias.sizes() == up_slope.sizes(),
+                "gmbound::", op, ": index, up_slope and up_bias must be [N, B, C, H', W'] alike, got ", index.sizes(),
+                ", ", up_slope.sizes(), ", ", up_bias.sizes());
+    TORCH_CHECK(lam.dim() == 6 && (lam.size(0) == 1 || lam.size(0) == up_slope.size(0)) &&
+                    lam.size(1) == up_slope.size(1) && lam.sizes().slice(3) == up_slope.sizes().slice(2),
+                "gmbound::", op, ": lam must be [1 or N, B, K, C, H', W'] for lines ", up_slope.sizes(), ", got ",
+                lam.sizes());
+    TORCH_CHECK(in_hw.size() == 2 && in_hw[0] >= 1 && in_hw[1] >= 1, "gmbound::", op,
+                ": in_hw must be 2 positive sizes");
+    if (index.numel() > 0) {  // an index outside the input plane would write outside lam_in
+      const auto [lo, hi] = at::aminmax(index);
+      const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
+      TORCH_CHECK(lo_v >= 0 && hi_v < in_hw[0] * in_hw[1], "gmbound::", op, ": index must lie in [0, ",
+                  in_hw[0] * in_hw[1], ") (the input plane of ", in_hw[0], " x ", in_hw[1], "), got [", lo_v, ", ",
+                  hi_v, "]");
+    }
+  }
+
+  static Tensor2 max_pool2d_relax(const Tensor& lam, const Tensor& index, const Tensor& up_slope,
+                                  const Tensor& up_bias, at::IntArrayRef in_hw) {
+    const char* op = "max_pool2d_relax";
+    check_pool(op, lam, index, up_slope, up_bias, in_hw);
+    const bool cl = kCL && is_cl_block(lam);  // keep the layout Lambda comes in (CPU)
+    const int64_t N = up_slope.size(0), B = lam.size(1), Kr = lam.size(2), C = lam.size(3);
+    Tensor lam_in = empty_layout({N, B, Kr, C, in_hw[0], in_hw[1]}, lam.options(), cl);
+    Tensor bias = at::empty({N, B, Kr}, lam.options());
+    K::maxpool_relax_forward(to_layout(lam, cl), index.contiguous(), up_slope.contiguous(), up_bias.contiguous(), cl,
+                             lam_in, bias);
+    return {lam_in, bias};
+  }
+
+  static Tensor3 max_pool2d_relax_backward(const Tensor& g_lam_in, const Tensor& g_bias, const Tensor& lam,
+                                           const Tensor& index, const Tensor& up_slope, const Tensor& up_bias,
+                                           at::IntArrayRef in_hw, std::array<bool, 3> mask) {
+    const char* op = "max_pool2d_relax_backward";
+    check_pool(op, lam, index, up_slope, up_bias, in_hw);
+    check_same(op, {{"grad_lam_in", &g_lam_in}, {"grad_bias", &g_bias}, {"lam", &lam}});
+    const int64_t N = up_slope.size(0), B = lam.size(1), Kr = lam.size(2), C = lam.size(3);
+    TORCH_CHECK(g_lam_in.sizes() == at::IntArrayRef({N, B, Kr, C, in_hw[0], in_hw[1]}) &&
+                    g_bias.sizes() == at::IntArrayRef({N, B, Kr}),
+                "gmbound::", op, ": gradient shapes do not match the outputs");
+    const bool cl = kCL && is_cl_block(lam);
+    Tensor g_lam = empty_layout(lam.sizes(), lam.options(), cl);
+    Tensor g_s = at::empty(up_slope.sizes(), up_slope.options()), g_t = at::empty(up_bias.sizes(), up_bias.options());
+    K::maxpool_relax_backward(to_layout(g_lam_in, cl), g_bias.contiguous(), to_layout(lam, cl), index.contiguous(),
+                              up_slope.contiguous(), up_bias.contiguous(), cl, g_lam, g_s, g_t);
+    return {mask[0] ? like(g_lam, lam) : none_like(lam), mask[1] ? like(g_s, up_slope) : none_like(up_slope),
+            mask[2] ? like(g_t, up_bias) : none_like(up_bias)};
+  }
+
   // --------------------------------------------------------------------------- CROWN: concretisation
   static Tensor concretize(const Tensor& lam, const Tensor& lower, const Tensor& upper, bool relu_input) {
     const char* op = "concretize";
@@ -780,6 +839,8 @@ void register_ops(torch::Library& m) {
   m.impl("crown_linear_step_backward", &O::crown_linear_step_backward);
   m.impl("crown_conv2d_step_backward", &O::crown_conv2d_step_backward);
   m.impl("concretize_backward", &O::concretize_backward);
+  m.impl("max_pool2d_relax", &O::max_pool2d_relax);
+  m.impl("max_pool2d_relax_backward", &O::max_pool2d_relax_backward);
 }
 
 }  // namespace gmbound

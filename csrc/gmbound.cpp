@@ -38,6 +38,12 @@ TORCH_LIBRARY(gmbound, m) {
         " -> (Tensor, Tensor)");
   // Lower bound of lam . a over a in [l, u] (relu of it when relu_input): lam^+ l + lam^- u.
   m.def("concretize(Tensor lam, Tensor lower, Tensor upper, bool relu_input) -> Tensor");
+  // Max pooling: lam [M, B, K, C, H', W'] through each window's lines x_i* <= max <= s x_i* + t
+  // (index: the flat input position of i* in its channel plane, int64; up_slope s, up_bias t, all
+  // [N, B, C, H', W']) onto the input [N, B, K, C, H, W], in_hw = (H, W):
+  // lam_in[.., c, index] += lam^+ + lam^- s (summed where windows overlap), bias = sum(lam^- t).
+  m.def("max_pool2d_relax(Tensor lam, Tensor index, Tensor up_slope, Tensor up_bias, int[2] in_hw)"
+        " -> (Tensor, Tensor)");
 
   // ---------------------------------------------------------------- backward ops
   // output_mask selects the gradients to compute; a gradient not asked for comes back empty ([0]).
@@ -64,6 +70,8 @@ TORCH_LIBRARY(gmbound, m) {
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("concretize_backward(Tensor grad_out, Tensor lam, Tensor lower, Tensor upper, bool relu_input,"
         " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("max_pool2d_relax_backward(Tensor grad_lam_in, Tensor grad_bias, Tensor lam, Tensor index,"
+        " Tensor up_slope, Tensor up_bias, int[2] in_hw, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 // ------------------------------------------------------------------ the Python module gmbound._C

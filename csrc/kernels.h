@@ -52,7 +52,21 @@ struct Geom {
   static void concretize_backward(const at::Tensor& g_out, const at::Tensor& lam,                      \
                                   const at::Tensor& lower, const at::Tensor& upper, bool relu,         \
                                   const at::Tensor& g_lam, const at::Tensor& g_lower,                  \
-                                  const at::Tensor& g_upper);
+                                  const at::Tensor& g_upper);                                          \
+  /* max pooling's CROWN step (one window per output position p of channel c): lam [M, B, K, C, P], \
+     index / up_slope / up_bias [N, B, C, P] (index: int64 in [0, HW)), lam_in [N, B, K, C, HW]:     \
+     lam_in[.., c, index] += lam^+ + lam^- up_slope; bias [N, B, K] = sum lam^- up_bias.             \
+     channels_last: lam and lam_in in channels-last blocks (CPU only) */                             \
+  static void maxpool_relax_forward(const at::Tensor& lam, const at::Tensor& index,                    \
+                                    const at::Tensor& up_slope, const at::Tensor& up_bias,             \
+                                    bool channels_last, const at::Tensor& lam_in,                      \
+                                    const at::Tensor& bias);                                           \
+  /* its gradients w.r.t. lam, up_slope and up_bias given g_lam_in and g_bias */                       \
+  static void maxpool_relax_backward(const at::Tensor& g_lam_in, const at::Tensor& g_bias,             \
+                                     const at::Tensor& lam, const at::Tensor& index,                   \
+                                     const at::Tensor& up_slope, const at::Tensor& up_bias,            \
+                                     bool channels_last, const at::Tensor& g_lam,                      \
+                                     const at::Tensor& g_up_slope, const at::Tensor& g_up_bias);
 
 // CPU: oneDNN convolutions run markedly faster on channels-last data, so conv-layer bounds and
 // Lambda are kept in channels-last blocks there.

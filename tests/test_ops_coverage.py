@@ -151,7 +151,7 @@ def test_full_crown_at_least_as_tight_as_crown_ibp(name):
 @pytest.mark.skipif(not _extension.available(), reason="gmbound._C not built: no compiled backend to compare")
 @pytest.mark.parametrize("name", sorted(OPS_NETS))
 def test_compiled_backend_runs_new_ops_on_the_reference_ops(name):
-    """backend='cpu' / 'auto': compiled Linear / Conv / ReLU steps with the new ops' reference steps between them."""
+    """backend='cpu' / 'auto': compiled Linear / Conv / (leaky) ReLU / max-pool steps, the other new ops on the reference ops."""
     net, x, y = make_ops_case(name, 3)
     bnet = gmbound.BoundedSequential(net)
     for method in METHODS:

@@ -135,6 +135,13 @@ def _(lam, lower, upper, relu_input):
     return lam.new_empty((lower.shape[0], lower.shape[1], lam.shape[2]))
 
 
+@torch.library.register_fake(_LIB + "max_pool2d_relax")
+def _(lam, index, up_slope, up_bias, in_hw):
+    n, b, c = up_slope.shape[:3]
+    sizes = (n, b, lam.shape[2], c) + tuple(in_hw)
+    return _empty_layout(sizes, lam, _conv_cl(lam) and is_cl_block(lam)), lam.new_empty((n, b, lam.shape[2]))
+
+
 # ----------------------------------------------------------------------------- fake kernels: backward ops
 @torch.library.register_fake(_LIB + "interval_linear_backward")
 def _(grad_lower, grad_upper, lower, upper, weight, has_bias, relu_input, output_mask):
@@ -194,6 +201,12 @@ def _(grad_lam_in, grad_bias, lam, lower, upper, weight, bias, stride, padding, 
 def _(grad_out, lam, lower, upper, relu_input, output_mask):
     return (_grad_like(output_mask[0], lam, lam), _grad_like(output_mask[1], lower, lam),
             _grad_like(output_mask[2], upper, lam))
+
+
+@torch.library.register_fake(_LIB + "max_pool2d_relax_backward")
+def _(grad_lam_in, grad_bias, lam, index, up_slope, up_bias, in_hw, output_mask):
+    return (_grad_like(output_mask[0], lam, lam), _grad_like(output_mask[1], up_slope, lam),
+            _grad_like(output_mask[2], up_bias, lam))
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -371,3 +384,24 @@ def _backward_concretize(ctx, g_out):
 
 
 _register_autograd("concretize", _backward_concretize, setup_context=_setup_concretize)
+
+
+def _setup_max_pool(ctx, inputs, output):
+    lam, index, up_slope, up_bias, in_hw = inputs
+    ctx.save_for_backward(lam, index, up_slope, up_bias)
+    ctx.in_hw = in_hw
+    ctx.out_shapes = (output[0].shape, output[1].shape)
+
+
+def _backward_max_pool(ctx, g_lam_in, g_bias):
+    lam, index, up_slope, up_bias = ctx.saved_tensors
+    g_lam_in = lam.new_zeros(ctx.out_shapes[0]) if g_lam_in is None else g_lam_in
+    g_bias = lam.new_zeros(ctx.out_shapes[1]) if g_bias is None else g_bias
+    need = ctx.needs_input_grad
+    mask = [need[0], need[2], need[3]]
+    g_lam, g_slope, g_bias_line = ops.max_pool2d_relax_backward(g_lam_in, g_bias, lam, index, up_slope, up_bias,
+                                                                ctx.in_hw, mask)
+    return _pick(g_lam, mask[0]), None, _pick(g_slope, mask[1]), _pick(g_bias_line, mask[2]), None
+
+
+_register_autograd("max_pool2d_relax", _backward_max_pool, setup_context=_setup_max_pool)

@@ -34,11 +34,12 @@ channel_affine_backward = _ref.channel_affine_backward
 # convolution for CROWN are already single fused passes; no kernel of ours would do less work.
 interval_avg_pool2d = _ref.interval_avg_pool2d
 avg_pool2d_backward = _ref.avg_pool2d_backward
-# The relaxations of the other nonlinear ops (gmbound.ops.nonlinear, pooling, products) run on the
-# reference ops between the compiled steps: they read and write ordinary tensors of any layout.
+# The relaxations of the other nonlinear ops (gmbound.ops.nonlinear, products) run on the reference
+# ops between the compiled steps: they read and write ordinary tensors of any layout. Leaky ReLU
+# runs on the ReLU kernels (relu_backward's negative_slope); max pooling's interval step is ATen's
+# pooling (exact, monotone) and its CROWN step a kernel of ours (max_pool2d_backward below).
 relaxation_backward = _ref.relaxation_backward
 interval_max_pool2d = _ref.interval_max_pool2d
-max_pool2d_backward = _ref.max_pool2d_backward
 interval_product = _ref.interval_product
 product_backward = _ref.product_backward
 
@@ -167,6 +168,14 @@ def _linear_step_unflattened(lam, lower, upper, weight, bias, chw: tuple[int, in
     w_hwc = weight.unflatten(1, chw).permute(0, 2, 3, 1).flatten(1)
     lam_in, term = _ops.crown_linear_step(lam, lower, upper, w_hwc, bias, negative_slope)
     return lam_in.unflatten(-1, (h, w, c)).permute(0, 1, 2, 5, 3, 4), term
+
+
+def max_pool2d_backward(lam, lower, upper, kernel, stride, padding, dilation):
+    """The reference's choice of each window's lines (bounds-sized), then the Lambda-sized step in one kernel."""
+    lines = _ref.max_pool2d_relaxation(lower, upper, kernel, stride, padding, dilation, lam.shape[-2:])
+    if not _kernels_take(lam):
+        return _ref.max_pool2d_relax(lam, *lines, lower.shape[-2:])
+    return _ops.max_pool2d_relax(lam, *lines, list(lower.shape[-2:]))
 
 
 def concretize(lam, lower, upper, relu_input):

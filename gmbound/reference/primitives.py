@@ -246,18 +246,18 @@ def interval_max_pool2d(lower: torch.Tensor, upper: torch.Tensor, kernel, stride
     return pool(lower), pool(upper)
 
 
-def max_pool2d_backward(lam: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, kernel, stride, padding,
-                        dilation) -> tuple[torch.Tensor, torch.Tensor]:
-    """Back-substitute ``lam . maxpool(x)`` with auto_LiRPA's (non-optimised) relaxation of each window's max.
+def max_pool2d_relaxation(lower: torch.Tensor, upper: torch.Tensor, kernel, stride, padding, dilation,
+                          out_hw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """auto_LiRPA's (non-optimised) relaxation of each max-pooling window's max, ``x_i* <= max <= s x_i* + t``.
 
     In each window let ``i*`` be the entry of largest lower bound. Below, ``max >= x_i*``. Above,
     ``max <= x_i*`` when ``l_i* >= u_j`` for every other entry ``j`` of the window (the max is
-    ``x_i*``), else ``max <= max_j u_j`` (a constant). Windows may overlap (stride < kernel): the
-    Lambdas of all windows reading an entry are summed (a scatter-add). ``lam``: ``[M, B, K, C,
-    H', W']``, bounds ``[N, B, C, H, W]``; returns ``[N, B, K, C, H, W]`` and the bias ``[N, B, K]``.
+    ``x_i*``: ``s = 1, t = 0``), else ``max <= max_j u_j`` (``s = 0``, ``t`` that constant).
+    Bounds ``[N, B, C, H, W]``; returns, per window ``[N, B, C, H', W']``: the flat input position
+    ``row * W + col`` of ``i*`` (int64), ``s`` and ``t`` (``t`` carries the gradient of ``max_j u_j``).
     """
     n, b, c, h, w = lower.shape
-    oh, ow = lam.shape[-2:]
+    oh, ow = out_hw
     kk = kernel[0] * kernel[1]
     pad = (padding[1], padding[1], padding[0], padding[0])
 
@@ -273,15 +273,44 @@ def max_pool2d_backward(lam: torch.Tensor, lower: torch.Tensor, upper: torch.Ten
         where = _window_geometry(kernel, stride, padding, dilation, (h, w), (oh, ow), lower.device)
         index = where.unsqueeze(0).unsqueeze(0).expand(n * b, c, kk, oh * ow).gather(2, tap).squeeze(2)
     top = uw.amax(2)                                                      # max_j u_j, with gradient
-    up_slope = stable.to(lam.dtype).view(n, b, 1, c, oh * ow)
-    up_bias = torch.where(stable, torch.zeros_like(top), top).view(n, b, 1, c, oh * ow)
-    lam_flat = lam.flatten(-2)
+    up_slope = stable.to(lower.dtype)
+    up_bias = torch.where(stable, torch.zeros_like(top), top)
+    shape = (n, b, c, oh, ow)
+    return index.view(shape), up_slope.view(shape), up_bias.view(shape)
+
+
+def max_pool2d_relax(lam: torch.Tensor, index: torch.Tensor, up_slope: torch.Tensor, up_bias: torch.Tensor,
+                     in_hw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Back-substitute ``lam . maxpool(x)`` through the lines of ``max_pool2d_relaxation``.
+
+    Positive entries of Lambda take the lower line ``x_i*``, negative ones the upper line ``s x_i* +
+    t``: the coefficient ``lam^+ + lam^- s`` lands on input position ``index`` of its channel, and
+    the bias is ``sum(lam^- t)``. Overlapping windows (stride < kernel) may pick the same entry: the
+    coefficients are summed there (a scatter-add). ``lam``: ``[M, B, K, C, H', W']``; the lines
+    ``[N, B, C, H', W']``; returns ``[N, B, K, C, H, W]`` (``in_hw = (H, W)``) and the bias ``[N, B, K]``.
+    """
+    n, b, c = up_slope.shape[:3]
+    h, w = in_hw
+    lam_flat = lam.flatten(-2)                                            # [M, B, K, C, P]
     lam_pos, lam_neg = torch.relu(lam_flat), -torch.relu(-lam_flat)
-    coef = lam_pos + lam_neg * up_slope                                   # [N, B, K, C, P]
-    bias = (lam_neg * up_bias).flatten(3).sum(-1)
-    idx = index.view(n, b, 1, c, oh * ow).expand(coef.shape)
+    slope, bias_t = (t.flatten(-2).unsqueeze(2) for t in (up_slope, up_bias))  # [N, B, 1, C, P]
+    coef = lam_pos + lam_neg * slope                                      # [N, B, K, C, P]
+    bias = (lam_neg * bias_t).flatten(3).sum(-1)
+    idx = index.flatten(-2).unsqueeze(2).expand(coef.shape)
     lam_in = coef.new_zeros(coef.shape[:4] + (h * w,)).scatter_add(-1, idx, coef)
     return lam_in.view(coef.shape[:4] + (h, w)), bias
+
+
+def max_pool2d_backward(lam: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, kernel, stride, padding,
+                        dilation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Back-substitute ``lam . maxpool(x)`` with auto_LiRPA's (non-optimised) relaxation of each window's max.
+
+    ``max_pool2d_relaxation`` (bounds-sized: which entry, which line) then ``max_pool2d_relax``
+    (Lambda-sized, the compiled kernels' twin). ``lam``: ``[M, B, K, C, H', W']``, bounds ``[N, B,
+    C, H, W]``; returns ``[N, B, K, C, H, W]`` and the bias ``[N, B, K]``.
+    """
+    lines = max_pool2d_relaxation(lower, upper, kernel, stride, padding, dilation, lam.shape[-2:])
+    return max_pool2d_relax(lam, *lines, lower.shape[-2:])
 
 
 def product_backward(lam: torch.Tensor, a_bounds: tuple[torch.Tensor, torch.Tensor],
