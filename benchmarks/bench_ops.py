@@ -7,9 +7,11 @@ N radii, forward and backward to the weights) is timed on
 
 * ``compiled``: the backend of the tensors' device (``cpu`` here): leaky ReLU on the ReLU kernels
   (fused with the layer below), max pooling's CROWN step on its own kernel;
-* ``relaxation ops``: the same backend, with leaky ReLU and max pooling sent back to the generic
-  reference relaxations they used before they had kernels (``LeakyReLUOp`` through its lines and
-  ``relaxation_backward``; ``max_pool2d_backward`` of the reference), i.e. the previous code path.
+* ``relaxation ops``: the same backend, with leaky ReLU and max pooling sent back to the reference
+  ops they ran on before they had kernels (``LeakyReLUOp``'s general range and lines with
+  ``relaxation_backward``; the reference ``max_pool2d_backward``). Both paths share the choice of
+  each pooling window's lines (``max_pool2d_relaxation``), which got faster with the kernels' commit,
+  so this path is a little faster than the code before it was.
 
 Variants and paths interleave in one process (one warm-up call each, then ``--repeats`` rounds);
 medians of wall and process CPU time; the header names device, torch version and commit.

@@ -265,13 +265,16 @@ def max_pool2d_relaxation(lower: torch.Tensor, upper: torch.Tensor, kernel, stri
         t = F.pad(t.flatten(0, 1), pad, value=-torch.inf) if any(pad) else t.flatten(0, 1)
         return F.unfold(t, kernel, dilation=dilation, stride=stride).view(n * b, c, kk, oh * ow)
 
-    lw, uw = windows(lower), windows(upper)
+    uw = windows(upper)
     with torch.no_grad():
-        tap = lw.argmax(2, keepdim=True)                                  # [NB, C, 1, P]: i*
-        others = uw.scatter(2, tap, -torch.inf).amax(2)                   # max u_j over j != i*
-        stable = lw.gather(2, tap).squeeze(2) >= others                   # [NB, C, P]
-        where = _window_geometry(kernel, stride, padding, dilation, (h, w), (oh, ow), lower.device)
-        index = where.unsqueeze(0).unsqueeze(0).expand(n * b, c, kk, oh * ow).gather(2, tap).squeeze(2)
+        # i* and l_i*: ATen's max pooling of the lower bounds reports the flat input position of each
+        # window's max (the first in the window's row-major order at ties, as argmax over the taps)
+        l_star, index = F.max_pool2d(lower.flatten(0, 1), kernel, stride, padding, dilation, return_indices=True)
+        index = index.view(n * b, c, oh * ow)
+        where = _window_geometry(kernel, stride, padding, dilation, (h, w), (oh, ow), lower.device)  # [kk, P]
+        # max u_j over j != i*: mask i*'s tap (a padding tap clamped onto the same entry holds -inf anyway)
+        others = uw.masked_fill(where == index.unsqueeze(2), -torch.inf).amax(2)
+        stable = l_star.view(n * b, c, oh * ow) >= others                # [NB, C, P]
     top = uw.amax(2)                                                      # max_j u_j, with gradient
     up_slope = stable.to(lower.dtype)
     up_bias = torch.where(stable, torch.zeros_like(top), top)
