@@ -15,19 +15,12 @@ import gmbound
 from gmbound import _extension
 from gmbound.engine import compiled
 from ops_nets import make_ops_case
+from test_kernels import DEVICES
 from test_ops_coverage import RADII, check_sound
 
 pytestmark = pytest.mark.skipif(not _extension.available(),
                                 reason=_extension.unavailable_reason() or "gmbound._C not built")
 
-NO_GPU = "no CUDA GPU: CUDA kernels compiled but not run here"
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda,
-                                pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU),
-                                pytest.mark.skipif(_extension.available() and not _extension.has_cuda_kernels(),
-                                                   reason="gmbound._C was built without CUDA kernels")]),
-]
 KERNEL_NETS = ["leaky_relu", "maxpool", "maxpool_overlapping", "maxpool_dilated", "leaky_maxpool_cnn"]
 
 
