@@ -43,7 +43,8 @@ GRID_MODELS = ("dm-small", "dm-large", "cifar-dm-large")
 GRID_N = (1, 4, 10)
 GRID_BATCH = (32, 256)
 GRID_TASKS = ("ibp", "crown-ibp", "gm-train")
-CUDA_TEST_FILES = ("tests/test_kernels.py", "tests/test_kernels_end_to_end.py", "tests/test_determinism.py")
+CUDA_TEST_FILES = ("tests/test_kernels.py", "tests/test_kernels_maxpool.py", "tests/test_kernels_end_to_end.py",
+                   "tests/test_ops_kernels.py", "tests/test_determinism.py")
 DRY_TEST_ARGS = ("tests/test_kernels.py", "-k", "test_concretize and case0 and cpu")
 
 
@@ -157,18 +158,23 @@ def e2e_case(device_name: str) -> None:
     device = torch.device(device_name)
     backend = device.type
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1),
-                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 5 * 5, 16), nn.ReLU(), nn.Linear(16, 10)).to(device)
+    relu_cnn = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1),
+                             nn.ReLU(), nn.Flatten(), nn.Linear(8 * 5 * 5, 16), nn.ReLU(), nn.Linear(16, 10))
+    # leaky ReLU (the ReLU kernels with a slope) and max pooling (its own kernel), overlapping windows too
+    leaky_pool_cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+                                   nn.Conv2d(4, 8, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(3, 1, 1),
+                                   nn.Flatten(), nn.Linear(8 * 5 * 5, 10))
     x = torch.rand(3, 1, 10, 10, device=device)
     y = torch.tensor([1, 2, 3], device=device)
-    net = gmbound.BoundedSequential(model)
-    for method in ("ibp", "crown-ibp", "crown"):
-        b = net.bounds(x, [0.05, 0.1], method=method, x_min=0.0, x_max=1.0, backend=backend)
-        assert torch.isfinite(b.lower).all() and (b.lower <= b.upper).all(), method
-    for stochastic in (False, True):
-        out = gmbound.gm_loss(net, x, y, 0.1, n_radii=3, kappa=0.5, x_min=0.0, x_max=1.0, backend=backend,
-                              stochastic=stochastic)
-        out.loss.backward()
+    for model in (relu_cnn.to(device), leaky_pool_cnn.to(device)):
+        net = gmbound.BoundedSequential(model)
+        for method in ("ibp", "crown-ibp", "crown"):
+            b = net.bounds(x, [0.05, 0.1], method=method, x_min=0.0, x_max=1.0, backend=backend)
+            assert torch.isfinite(b.lower).all() and (b.lower <= b.upper).all(), method
+        for stochastic in (False, True):
+            out = gmbound.gm_loss(net, x, y, 0.1, n_radii=3, kappa=0.5, x_min=0.0, x_max=1.0, backend=backend,
+                                  stochastic=stochastic)
+            out.loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
     print("e2e case ok")
