@@ -57,8 +57,11 @@ def test_bias_gradient_does_not_depend_on_the_thread_count(threads):
         results.append(ops.crown_linear_step_backward(g_in, g_bias, lam, lower, upper, w, bias,
                                                       [True, True, True, True, True]))
     for other in results[1:]:
-        for a, e in zip(other, results[0]):
-            assert torch.equal(a, e)
+        for i, (a, e) in enumerate(zip(other, results[0])):
+            if i == 3:  # the weight gradient is ATen's mm: MKL splits its sums by thread count on some CPUs
+                torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+            else:       # Lambda, bounds and bias gradients: our kernels' fixed-order sums
+                assert torch.equal(a, e), f"output {i} depends on the thread count"
 
 
 @pytest.mark.parametrize("device", DEVICES)
