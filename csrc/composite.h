@@ -733,8 +733,10 @@ struct Ops {
   // --------------------------------------------------------------------------- CROWN: max pooling
   // lam [M, B, K, C, H', W'] through the windows' lines (index / up_slope / up_bias [N, B, C, H', W'],
   // gmbound.reference.primitives.max_pool2d_relaxation) onto the pooling's input [N, B, K, C, H, W].
+  // check_index: the range check of index reads it back to the host (a device sync on CUDA), so only
+  // the forward op runs it; its backward receives the index the forward already checked.
   static void check_pool(const char* op, const Tensor& lam, const Tensor& index, const Tensor& up_slope,
-                         const Tensor& up_bias, at::IntArrayRef in_hw) {
+                         const Tensor& up_bias, at::IntArrayRef in_hw, bool check_index) {
     check_same(op, {{"lam", &lam}, {"up_slope", &up_slope}, {"up_bias", &up_bias}});
     TORCH_CHECK(index.scalar_type() == at::kLong, "gmbound::", op, ": index must be int64, got ", index.scalar_type());
     TORCH_CHECK(index.device() == lam.device(), "gmbound::", op, ": device mismatch: index is on ", index.device(),
@@ -748,7 +750,7 @@ struct Ops {
                 lam.sizes());
     TORCH_CHECK(in_hw.size() == 2 && in_hw[0] >= 1 && in_hw[1] >= 1, "gmbound::", op,
                 ": in_hw must be 2 positive sizes");
-    if (index.numel() > 0) {  // an index outside the input plane would write outside lam_in
+    if (check_index && index.numel() > 0) {  // an index outside the input plane would write outside lam_in
       const auto [lo, hi] = at::aminmax(index);
       const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
       TORCH_CHECK(lo_v >= 0 && hi_v < in_hw[0] * in_hw[1], "gmbound::", op, ": index must lie in [0, ",
@@ -760,7 +762,7 @@ struct Ops {
   static Tensor2 max_pool2d_relax(const Tensor& lam, const Tensor& index, const Tensor& up_slope,
                                   const Tensor& up_bias, at::IntArrayRef in_hw) {
     const char* op = "max_pool2d_relax";
-    check_pool(op, lam, index, up_slope, up_bias, in_hw);
+    check_pool(op, lam, index, up_slope, up_bias, in_hw, true);
     const bool cl = kCL && is_cl_block(lam);  // keep the layout Lambda comes in (CPU)
     const int64_t N = up_slope.size(0), B = lam.size(1), Kr = lam.size(2), C = lam.size(3);
     Tensor lam_in = empty_layout({N, B, Kr, C, in_hw[0], in_hw[1]}, lam.options(), cl);
@@ -774,7 +776,7 @@ struct Ops {
                                            const Tensor& index, const Tensor& up_slope, const Tensor& up_bias,
                                            at::IntArrayRef in_hw, std::array<bool, 3> mask) {
     const char* op = "max_pool2d_relax_backward";
-    check_pool(op, lam, index, up_slope, up_bias, in_hw);
+    check_pool(op, lam, index, up_slope, up_bias, in_hw, false);
     check_same(op, {{"grad_lam_in", &g_lam_in}, {"grad_bias", &g_bias}, {"lam", &lam}});
     const int64_t N = up_slope.size(0), B = lam.size(1), Kr = lam.size(2), C = lam.size(3);
     TORCH_CHECK(g_lam_in.sizes() == at::IntArrayRef({N, B, Kr, C, in_hw[0], in_hw[1]}) &&
