@@ -1,6 +1,6 @@
 """Table 3 summary: our numbers (mean and min-max over seeds) beside the paper's, and Fig. 3a/3b.
 
-Run from the repository root after finish_arm.sh:  python3 results/mnist_table3/summarize.py [FOLDER]
+Run from the repository root after finish_arm.sh:  python3 results/mnist_table3/summarize.py [FOLDER [--beside OTHER]]
 (FOLDER: results/mnist_table3 by default; results/mnist_table3_full for the 200-epoch arms).
 Reads FOLDER/<arm>/eval_<arm>.json (arm = eps<E>_<method>[-<variant>]_s<seed>) and
 writes summary.md (tables) and drawdown_eps<E>_verified.png / drawdown_eps<E>_pgd.png into FOLDER.
@@ -114,6 +114,41 @@ def tables(groups) -> str:
     return "\n".join(lines) + "\n"
 
 
+def steepest_step(data: dict, column: str = "ibp") -> tuple[float, float, float] | None:
+    """The drawdown cliff: ``(eps, error at eps, error one grid step later)`` (%) of the largest rise of the
+    verified-error curve between neighbouring radii of the grid (None on a grid of under two radii)."""
+    curve = [(e, at(data, column, e)) for e in data["eps"]]
+    curve = [(e, v) for e, v in curve if v is not None]
+    steps = [(b[1] - a[1], a[0], a[1], b[1]) for a, b in zip(curve, curve[1:])]
+    if not steps:
+        return None
+    _, e, before, after = max(steps)
+    return e, before, after
+
+
+def budgets(groups, other, label: str, other_label: str) -> str:
+    """Each arm of ``groups`` beside the same (eps_train, method) of ``other`` (another training budget)."""
+    cols = (0.1, 0.2, 0.3, 0.4)
+    lines = [f"## {label} beside {other_label} (standard / IBP-verified error %, mean [min-max] over each budget's seeds)", "",
+             "| eps_train | method | budget | n | standard | " + " | ".join(f"IBP @{e}" for e in cols)
+             + " | steepest rise of the IBP curve (one 0.01 step) |",
+             "|---|---|---|---|---|" + "---|" * len(cols) + "---|"]
+    for key in sorted(groups):
+        for name, runs in ((label, groups[key]), (other_label, other.get(key, []))):
+            if not runs:
+                continue
+            cells = [spread([at(r, "standard", 0) for r in runs])]
+            cells += [spread([at(r, "ibp", e) for r in runs]) for e in cols]
+            cliffs = []
+            for r in runs:
+                c = steepest_step(r)
+                if c is not None and abs(r["eps"][1] - r["eps"][0] - 0.01) < 1e-9:
+                    cliffs.append(f"s{r['seed']}: {c[1]:.1f} -> {c[2]:.1f} at {c[0]:.2f}-{c[0] + 0.01:.2f}")
+            lines.append(f"| {key[0]} | {key[1]} | {name} | {len(runs)} | " + " | ".join(cells) + " | "
+                         + ("; ".join(cliffs) or "-") + " |")
+    return "\n".join(lines) + "\n"
+
+
 def figures(groups, root: Path = HERE, budget: str = "") -> list[Path]:
     """Fig. 3a (IBP-verified error vs eps) and 3b (total error under PGD), mean and min-max band."""
     import matplotlib
@@ -159,9 +194,20 @@ def figures(groups, root: Path = HERE, budget: str = "") -> list[Path]:
 
 
 if __name__ == "__main__":
-    root = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else HERE
+    # summarize.py [FOLDER [--beside OTHER_FOLDER]]: OTHER_FOLDER's arms (another budget) in a table of their own
+    args = sys.argv[1:]
+    other_root = None
+    if "--beside" in args:
+        i = args.index("--beside")
+        other_root = Path(args[i + 1]).resolve()
+        del args[i:i + 2]
+    root = Path(args[0]).resolve() if args else HERE
     groups = load_arms(root)
-    (root / "summary.md").write_text(tables(groups))
+    text = tables(groups)
+    if other_root is not None:
+        text += "\n" + budgets(groups, load_arms(other_root), "200 epochs" if root != HERE else root.name,
+                              "10 epochs" if other_root == HERE else other_root.name)
+    (root / "summary.md").write_text(text)
     for p in figures(groups, root, ", 200 epochs" if root != HERE else ""):
         print("wrote", p.name)
     print((root / "summary.md").read_text())
