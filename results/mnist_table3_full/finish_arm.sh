@@ -16,5 +16,6 @@ python3 -m gmbound eval --checkpoint "$dir/checkpoint.pt" --label "$arm" --out "
   --pgd-steps 50 --pgd-restarts 3 --pgd-loss margin
 rm -f "$dir/drawdown.png"   # the per-method figures come from summarize.py
 python3 -m gmbound.export "$dir/checkpoint.pt" "$dir/model.pt"
-git rm -q --cached --ignore-unmatch "$dir/checkpoint.pt" > /dev/null
+# No git here (a worker runs this while a session may be committing): `git add` of the arm's folder
+# records the checkpoint's removal.
 rm "$dir/checkpoint.pt"

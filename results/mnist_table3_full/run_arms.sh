@@ -8,8 +8,12 @@
 # file per arm, overwritten every epoch, written atomically) and the CSV log; a session that stops
 # commits them and the next one, on any machine, starts the workers again. Finished arms are
 # evaluated by finish_arm.sh, which replaces the checkpoint by the weights-only model.pt.
-# An arm whose training exits with an error gets a FAILED file and is skipped until it is removed.
-# ARMS=file overrides the arm list (tests); EXTRA="key=value ..." adds overrides to every arm.
+# A trained arm (epoch 200) is evaluated right away by finish_arm.sh, by the worker that trained it or,
+# when a session stopped between training and evaluation, by the next worker to reach it.
+# An arm whose training or evaluation exits with an error gets a FAILED file and is skipped until it is
+# removed.
+# ARMS=file overrides the arm list (tests); EXTRA="key=value ..." adds overrides to every arm; NO_EVAL=1
+# leaves trained arms unevaluated.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 arms="${ARMS:-$here/arms.txt}"
@@ -37,17 +41,34 @@ while true; do
     if ! flock -n "$fd"; then exec {fd}>&-; continue; fi   # another worker has it
     epochs="$(python3 -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['train']['epochs'])" configs/mnist_table3_full.yaml)"
     for kv in $overrides ${EXTRA:-}; do [[ "$kv" == train.epochs=* ]] && epochs="${kv#train.epochs=}"; done
-    if [ "$(epochs_done "$out")" -ge "$epochs" ]; then exec {fd}>&-; continue; fi   # trained, awaiting evaluation
-    mkdir -p "$out"
-    echo "$(date -u +%FT%TZ) start $arm (from epoch $(epochs_done "$out")) on $(hostname) at $(git rev-parse --short HEAD)" >> "$log"
-    # shellcheck disable=SC2086
-    if python3 -m gmbound train --config configs/mnist_table3_full.yaml --resume out_dir="results/mnist_table3_full/$arm" \
-         $overrides ${EXTRA:-} >> "$out/train.stdout" 2>&1; then
-      echo "$(date -u +%FT%TZ) trained $arm" >> "$log"
+    done_epochs="$(epochs_done "$out")"
+    trained=0
+    if [ "$done_epochs" -ge "$epochs" ]; then
+      if [ -n "${NO_EVAL:-}" ]; then exec {fd}>&-; continue; fi   # trained, left unevaluated
+      trained=1   # trained in an earlier session, not yet evaluated
     else
-      status=$?
-      echo "$(date -u +%FT%TZ) FAILED $arm (status $status; see $arm/train.stdout)" >> "$log"
-      tail -n 3 "$out/train.stdout" > "$out/FAILED"   # not retried until this file is removed
+      mkdir -p "$out"
+      echo "$(date -u +%FT%TZ) start $arm (from epoch $done_epochs) on $(hostname) at $(git rev-parse --short HEAD)" >> "$log"
+      # shellcheck disable=SC2086
+      if python3 -m gmbound train --config configs/mnist_table3_full.yaml --resume out_dir="results/mnist_table3_full/$arm" \
+           $overrides ${EXTRA:-} >> "$out/train.stdout" 2>&1; then
+        echo "$(date -u +%FT%TZ) trained $arm" >> "$log"
+        trained=1
+      else
+        status=$?
+        echo "$(date -u +%FT%TZ) FAILED $arm (status $status; see $arm/train.stdout)" >> "$log"
+        tail -n 3 "$out/train.stdout" > "$out/FAILED"   # not retried until this file is removed
+      fi
+    fi
+    if [ "$trained" = 1 ] && [ -z "${NO_EVAL:-}" ]; then
+      echo "$(date -u +%FT%TZ) evaluate $arm" >> "$log"
+      if bash "$here/finish_arm.sh" "$arm" >> "$out/eval.stdout" 2>&1; then
+        echo "$(date -u +%FT%TZ) evaluated $arm" >> "$log"
+      else
+        status=$?
+        echo "$(date -u +%FT%TZ) FAILED evaluation of $arm (status $status; see $arm/eval.stdout)" >> "$log"
+        tail -n 3 "$out/eval.stdout" > "$out/FAILED"
+      fi
     fi
     exec {fd}>&-
     started=1
