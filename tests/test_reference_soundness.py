@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import gmbound
+from gmbound import _extension
 from nets import NETS, make_case, sample_box
 
 EPS = [0.0, 0.02, 0.08, 0.3]
@@ -33,6 +34,45 @@ def test_every_sampled_output_lies_within_the_bounds(name, seed, method):
                 torch.testing.assert_close(logit_b.lower[i], net(x))
                 torch.testing.assert_close(logit_b.upper[i], net(x))
 
+
+
+BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
+    not _extension.available(), reason="gmbound._C not built: pip install --no-build-isolation -e ."))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("method", METHODS)
+def test_boxes_past_half_the_domain_hold_its_midpoint(name, method, backend):
+    """With the box clipped to [0, 1], every radius >= 0.5 puts the all-0.5 input g in every sample's box
+    (results/mnist_table3_full: why robust error at eps 0.5 has a floor). The bounds must hold f(g)
+    for every sample, and no sample labelled other than argmax f(g) may be certified there."""
+    net, x, y = make_case(name, 4, batch=5)
+    bnet = gmbound.BoundedSequential(net)
+    radii = torch.tensor([0.5, 0.75, 3.0], dtype=torch.float64)
+    with torch.no_grad():
+        f_mid = net(torch.full_like(x[:1], 0.5))[0]                             # [n_out]
+        logit_b = bnet.bounds(x, radii, method=method, x_min=0.0, x_max=1.0, backend=backend)
+        m = bnet.margin_bounds(x, y, radii, method=method, x_min=0.0, x_max=1.0, backend=backend)
+    assert (logit_b.lower <= f_mid + TOL).all() and (logit_b.upper >= f_mid - TOL).all()
+    certified = (m > 0).all(-1)                                                 # [N, B]
+    assert not certified[:, y != f_mid.argmax()].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_half_domain_boxes_of_binary_inputs_have_the_midpoint_as_a_vertex(method, backend):
+    """The exact case of the test above: for x in {0, 1} and radius 0.5 the clipped box is [0, 0.5] or
+    [0.5, 1] per pixel, so g = 0.5 is a vertex, and an identity layer's bounds touch f(g) exactly."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 12)).double()
+    with torch.no_grad():
+        net[1].weight.copy_(torch.eye(12))
+        net[1].bias.zero_()
+    x = (torch.rand(4, 12, dtype=torch.float64) > 0.5).to(torch.float64)
+    b = gmbound.BoundedSequential(net).bounds(x, [0.5], method=method, x_min=0.0, x_max=1.0, backend=backend)
+    torch.testing.assert_close(b.lower[0], torch.where(x == 1, 0.5, 0.0).to(x.dtype), rtol=0, atol=TOL)
+    torch.testing.assert_close(b.upper[0], torch.where(x == 0, 0.5, 1.0).to(x.dtype), rtol=0, atol=TOL)
 
 @pytest.mark.parametrize("name", sorted(NETS))
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown"])
