@@ -40,7 +40,8 @@ def main() -> None:
         model.eval()
         with torch.no_grad():
             k = int(model(torch.full((1, 1, 28, 28), 0.5)).argmax())
-        rows = {float(r["eps"]): r for r in csv.DictReader(open(model_file.parent / f"eval_{arm}.csv"))}
+        with open(model_file.parent / f"eval_{arm}.csv", newline="") as f:
+            rows = {float(r["eps"]): r for r in csv.DictReader(f)}
         at_half = rows.get(0.5)
         verified, pgd = ((f"{100 * float(at_half[c]):.2f}" for c in ("verified_error", "pgd_error"))
                          if at_half else ("-", "-"))
