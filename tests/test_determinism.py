@@ -11,13 +11,10 @@ import pytest
 import torch
 
 import gmbound
-from gmbound import _extension
 from nets import make_case
+from backends import DEVICES, needs_extension
 
-HAVE_EXT = _extension.available()
-pytestmark = pytest.mark.skipif(not HAVE_EXT, reason=_extension.unavailable_reason() or "no extension")
-
-from test_kernels import DEVICES  # noqa: E402  (cpu, and cuda when a GPU and CUDA kernels exist)
+pytestmark = needs_extension
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import torch
 
 from gmbound.checkpoint import CheckpointError, load_checkpoint, load_model
 from gmbound.config import make_config
-from gmbound.export import export_weights, main
+from gmbound.export import main
 from gmbound.train import train
 
 

@@ -7,14 +7,14 @@ import json
 import pytest
 
 from benchmark_scripts import load_benchmark
-from gmbound import _extension
+from backends import needs_extension
 
 
 def _load():
     return load_benchmark("gpu_check")
 
 
-@pytest.mark.skipif(not _extension.available(), reason=_extension.unavailable_reason() or "no extension")
+@needs_extension
 def test_gpu_check_dry_run(tmp_path, capsys):
     gpu_check = _load()
     rc = gpu_check.main(["--dry-run", "--out", str(tmp_path)])

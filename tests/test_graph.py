@@ -15,9 +15,8 @@ import gmbound
 from gmbound import _extension
 from graph_nets import GRAPH_NETS, PoolNet, TinyResNet, make_graph_case
 from nets import NETS, make_case, sample_box
+from backends import BACKENDS
 
-BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
-    not _extension.available(), reason="gmbound._C not built"))]
 METHODS = ["ibp", "crown-ibp", "crown"]
 RADII = [0.0, 0.02, 0.1]
 

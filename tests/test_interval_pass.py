@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from gmbound import _extension, propagation
+from gmbound import propagation
 from gmbound.bounded import BoundedSequential
 from gmbound.compat import BoundedModule, BoundedTensor, PerturbationLpNorm
 from gmbound.validation import BoundInputError
 from nets import make_case, sample_box
+from backends import BACKENDS
 
-BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not _extension.available(),
-                                                                      reason="gmbound._C not built"))]
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 
 

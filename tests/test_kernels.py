@@ -13,23 +13,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from gmbound import _extension
 from gmbound.reference import primitives as R
+from backends import DEVICES, HAVE_EXT, needs_extension
 
-HAVE_EXT = _extension.available()
-NO_EXT = "gmbound._C not built: pip install --no-build-isolation -e ."
-pytestmark = pytest.mark.skipif(not HAVE_EXT, reason=_extension.unavailable_reason() or NO_EXT)
-
-NO_GPU = "no CUDA GPU: CUDA kernels compiled but not run here"
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda,
-                                pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU),
-                                pytest.mark.skipif(HAVE_EXT and not _extension.has_cuda_kernels(),
-                                                   reason="gmbound._C was built without CUDA kernels")]),
-]
+pytestmark = needs_extension
 DTYPES = [torch.float64, torch.float32]
 ops = torch.ops.gmbound if HAVE_EXT else None
 

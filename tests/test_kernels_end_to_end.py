@@ -16,20 +16,10 @@ from gmbound import _extension, propagation
 from gmbound.engine import BACKENDS, get_primitives
 from gmbound.network import build_graph
 from gmbound.reference import primitives as R
+from backends import DEVICES, needs_extension
 from nets import NETS, make_case, sample_box
 
-pytestmark = pytest.mark.skipif(not _extension.available(),
-                                reason=_extension.unavailable_reason() or
-                                "gmbound._C not built: pip install --no-build-isolation -e .")
-
-NO_GPU = "no CUDA GPU: CUDA kernels compiled but not run here"
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda,
-                                pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU),
-                                pytest.mark.skipif(_extension.available() and not _extension.has_cuda_kernels(),
-                                                   reason="gmbound._C was built without CUDA kernels")]),
-]
+pytestmark = needs_extension
 EPS = [0.0, 0.03, 0.1, 0.3]
 TIGHT = dict(rtol=1e-9, atol=1e-9)
 

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from gmbound.reference import primitives as R
-from test_kernels import DEVICES, DTYPES, HAVE_EXT, check_against_reference, gen, one_thread, ops, rand_lam  # noqa: F401
+from backends import DEVICES, needs_extension
+from test_kernels import DTYPES, check_against_reference, gen, one_thread, ops, rand_lam  # noqa: F401  (one_thread: a fixture)
 
-pytestmark = pytest.mark.skipif(not HAVE_EXT, reason="gmbound._C not built: pip install --no-build-isolation -e .")
+pytestmark = needs_extension
 
 # (N, B, K, C, H, W, kernel, stride, padding, dilation)
 POOL_CASES = [

@@ -17,16 +17,15 @@ import torch
 import torch.nn.functional as F
 
 import gmbound
-from gmbound import engine
 from gmbound.compat import BoundDataParallel, BoundedModule, BoundedTensor, CrossEntropyWrapper, PerturbationLpNorm
 from gmbound.compat.bound_ops import BoundExp
 from gmbound.attacks import pgd_attack
 from gmbound.losses import gm_loss
 from gmbound.specification import exp_chord_slope, fused_cross_entropy_bound
 from graph_nets import make_graph_case
+from backends import BACKENDS, needs_extension
 from nets import make_case, sample_box
 
-BACKENDS = ["reference"] + (["cpu"] if engine.compiled_available("cpu") else [])
 CASES = [("mlp", make_case), ("cnn", make_case), ("cnn_bn", make_case), ("resnet", make_graph_case),
          ("dense", make_graph_case)]
 
@@ -194,7 +193,7 @@ class _Functional:
             setattr(module, attr, value)
 
 
-@pytest.mark.skipif(len(BACKENDS) < 2, reason="the compiled CPU kernels are not built")
+@needs_extension
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name,make", [("cnn_bn", make_case), ("resnet", make_graph_case), ("mlp", make_case)])
 @pytest.mark.parametrize("stochastic", [False, True])

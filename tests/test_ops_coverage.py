@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import gmbound
-from gmbound import _extension
 from gmbound.ops import nonlinear
 from gmbound.reference import primitives as R
 from ops_nets import OPS_NETS, make_ops_case
+from backends import needs_extension
 
 METHODS = ["ibp", "crown-ibp", "crown"]
 RADII = [0.0, 0.03, 0.1, 0.3]
@@ -148,7 +148,7 @@ def test_full_crown_at_least_as_tight_as_crown_ibp(name):
     assert (m["crown"] >= m["crown-ibp"] - 1e-12).all()
 
 
-@pytest.mark.skipif(not _extension.available(), reason="gmbound._C not built: no compiled backend to compare")
+@needs_extension
 @pytest.mark.parametrize("name", sorted(OPS_NETS))
 def test_compiled_backend_runs_new_ops_on_the_reference_ops(name):
     """backend='cpu' / 'auto': compiled Linear / Conv / (leaky) ReLU / max-pool steps, the other new ops on the reference ops."""

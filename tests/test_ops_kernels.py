@@ -12,14 +12,13 @@ import torch
 from torch import nn
 
 import gmbound
-from gmbound import _extension
 from gmbound.engine import compiled
 from ops_nets import make_ops_case
 from test_kernels import DEVICES
 from test_ops_coverage import RADII, check_sound
+from backends import needs_extension
 
-pytestmark = pytest.mark.skipif(not _extension.available(),
-                                reason=_extension.unavailable_reason() or "gmbound._C not built")
+pytestmark = needs_extension
 
 KERNEL_NETS = ["leaky_relu", "maxpool", "maxpool_overlapping", "maxpool_dilated", "leaky_maxpool_cnn"]
 

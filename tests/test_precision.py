@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import gmbound
-from gmbound import _extension, precision, propagation
+from gmbound import precision, propagation
+from backends import needs_extension
 
 NEW_API = precision.uses_fp32_precision_api()
 needs_new_api = pytest.mark.skipif(not NEW_API, reason="this torch has no fp32_precision attributes (torch < 2.9)")
@@ -162,7 +163,7 @@ class _Recorder:
 
 
 @needs_new_api
-@pytest.mark.skipif(not _extension.available(), reason=_extension.unavailable_reason() or "no extension")
+@needs_extension
 @pytest.mark.parametrize("allow_tf32", [False, True])
 def test_backward_ops_follow_the_forward_policy(allow_tf32, monkeypatch, restore_precision):
     """loss.backward() runs after the bounds call has returned; the compiled backward ops must still

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import gmbound
-from gmbound import _extension
 from nets import NETS, make_case, sample_box
+from backends import BACKENDS
 
 EPS = [0.0, 0.02, 0.08, 0.3]
 METHODS = ["ibp", "crown-ibp", "crown"]
@@ -36,8 +36,6 @@ def test_every_sampled_output_lies_within_the_bounds(name, seed, method):
 
 
 
-BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
-    not _extension.available(), reason="gmbound._C not built: pip install --no-build-isolation -e ."))]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

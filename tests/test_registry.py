@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import gmbound
-from gmbound import _extension
 from gmbound.engine.contract import FusedPrimitives, Primitives
 from gmbound.ops.registry import MODULE_RULES, supported_layers
 from gmbound.reference import primitives as R
+from backends import needs_extension
 
 
 def _members(protocol) -> list[str]:
@@ -23,7 +23,7 @@ def test_the_reference_set_satisfies_the_contract():
         assert callable(getattr(R, name, None)), name
 
 
-@pytest.mark.skipif(not _extension.available(), reason="gmbound._C not built")
+@needs_extension
 def test_the_compiled_set_satisfies_the_contract_and_fuses_on_tensors():
     from gmbound.engine import compiled as C
 

@@ -5,14 +5,12 @@ import pytest
 import torch
 
 import gmbound
-from gmbound import _extension
 from gmbound.bounded import BoundedSequential
 from gmbound.engine import chunking, set_tile_budget, tile_budget
 from gmbound.losses import gm_loss
 from nets import make_case
+from backends import BACKENDS
 
-BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not _extension.available(),
-                                                                      reason="gmbound._C not built"))]
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 
 
