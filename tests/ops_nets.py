@@ -162,6 +162,13 @@ OPS_NETS = {
     "abs": (_fn(lambda h: h.abs()), (6,), True),
     "neg": (_fn(lambda h: torch.relu(-h) + torch.neg(h)), (6,), True),
     "exp": (_fn(lambda h: torch.exp(h), scale=0.5), (6,), True),
+    "softplus": (_seq_factory(nn.Softplus(), scale=3.0), (6,), False),
+    # beta z > threshold at many entries: PyTorch's switch to z, below the smooth softplus
+    "softplus_switch": (_fn(lambda h: F.softplus(h, beta=2.0, threshold=1.0), scale=3.0), (6,), False),
+    "elu": (_seq_factory(nn.ELU(), scale=3.0), (6,), False),
+    "celu": (_seq_factory(nn.CELU(0.5), scale=3.0), (6,), False),
+    "elu_functional": (_fn(lambda h: F.elu(h, 0.4) + torch.celu(h, 2.0) + F.softplus(h, 0.5) + F.elu_(h * 0.5),
+                           scale=3.0), (6,), False),
     "cat": (_plain(Concat), (6,), True),
     "slice": (_plain(Sliced), (1, 5, 5), False),  # auto_LiRPA slices one axis with step 1 only
     "slice_simple": (_fn(lambda h: torch.cat([torch.relu(h[:, 3:]), h[:, :3]], 1)), (6,), True),

@@ -40,8 +40,8 @@ def test_bad_specification(case):
 
 
 def test_unsupported_layers_are_named_with_their_index():
-    with pytest.raises(gmbound.UnsupportedLayerError, match=r"Softplus at index 2"):
-        gmbound.BoundedSequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Softplus(), nn.Linear(2, 1)))
+    with pytest.raises(gmbound.UnsupportedLayerError, match=r"SELU at index 2"):
+        gmbound.BoundedSequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.SELU(), nn.Linear(2, 1)))
     with pytest.raises(gmbound.UnsupportedLayerError, match=r"MaxPool2d at index 2.*ceil_mode"):  # flattened index
         gmbound.BoundedSequential(nn.Sequential(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU()),
                                                 nn.MaxPool2d(2, ceil_mode=True)))

@@ -309,7 +309,7 @@ class Branching(nn.Module):
     (Quotient(), r"node 'truediv' \(call_function operator.truediv\) at test_graph.py:\d+: "
                  r"return self.a\(x\) / self.b\(x\).*division of two tensors"),
     (Branching(), r"cannot trace Branching.forward at test_graph.py:\d+: if x.sum\(\) > 0:.*control flow"),
-    (nn.Sequential(nn.Linear(3, 3), nn.Softplus()), r"Softplus at index 1"),
+    (nn.Sequential(nn.Linear(3, 3), nn.SELU()), r"SELU at index 1"),
 ])
 def test_unsupported_nodes_are_named_with_op_and_line(model, pattern):
     with pytest.raises(gmbound.UnsupportedLayerError, match=pattern):

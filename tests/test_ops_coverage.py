@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gmbound
-from gmbound.ops import nonlinear
+from gmbound.ops import convex, nonlinear
 from gmbound.reference import primitives as R
 from ops_nets import OPS_NETS, make_ops_case
 from backends import needs_extension
@@ -232,7 +232,11 @@ ELEMENTWISE = {
     "leaky": nonlinear.LeakyReLUOp(None, "l", 0.1), "leaky_concave": nonlinear.LeakyReLUOp(None, "l", 2.5),
     "leaky_negative": nonlinear.LeakyReLUOp(None, "l", -0.3), "abs": nonlinear.AbsOp(None, "a"),
     "hardtanh": nonlinear.ClampOp(None, "h", -1.0, 1.0), "clamp_min": nonlinear.ClampOp(None, "c", 0.2, None),
-    "clamp_max": nonlinear.ClampOp(None, "c", None, -0.1), "exp": nonlinear.ExpOp(None, "e"),
+    "clamp_max": nonlinear.ClampOp(None, "c", None, -0.1), "exp": convex.ExpOp(None, "e"),
+    "softplus": convex.SoftplusOp(None, "sp"), "softplus_switch": convex.SoftplusOp(None, "sp", 2.0, 1.0),
+    "softplus_steep": convex.SoftplusOp(None, "sp", 50.0, 20.0), "elu": convex.ELUOp(None, "e"),
+    "elu_small_alpha": convex.ELUOp(None, "e", 0.3), "relu_as_elu": convex.ELUOp(None, "e", 0.0),
+    "celu": convex.ELUOp(None, "c", 2.0, continuous=True), "celu_small": convex.ELUOp(None, "c", 0.2, continuous=True),
 }
 
 
@@ -261,6 +265,18 @@ def test_s_shaped_lines_touch_the_function():
         fz = op.fn(z)
         assert ((fz - (a_l * z + b_l)).min(0).values < 1e-9).all()
         assert (((a_u * z + b_u) - fz).min(0).values < 1e-9).all()
+
+
+def test_convex_lines_touch_the_function():
+    """Convex ops: the upper chord passes through both endpoints, the lower tangent through the midpoint."""
+    l = torch.tensor([-3.0, -0.5, -2.0, 0.1, -6.0, 1.5], dtype=torch.float64)
+    u = torch.tensor([-1.0, 3.0, 2.0, 0.2, 1.0, 4.0], dtype=torch.float64)
+    for op in (convex.ExpOp(None, "e"), convex.SoftplusOp(None, "sp", 1.5), convex.ELUOp(None, "e", 0.7),
+               convex.ELUOp(None, "c", 0.5, continuous=True)):
+        a_l, b_l, a_u, b_u = _grid_check(op, l, u)
+        m = (l + u) / 2
+        for z, a, b in ((m, a_l, b_l), (l, a_u, b_u), (u, a_u, b_u)):
+            torch.testing.assert_close(a * z + b, op.fn(z), rtol=1e-12, atol=1e-12)
 
 
 def test_max_pool_relaxation_by_brute_force():
@@ -324,6 +340,10 @@ class _Softmax(nn.Module):
                  r"return torch.softmax\(x, 1\)"),
     (nn.Sequential(nn.Linear(3, 3), nn.GELU(approximate="tanh")), r"GELU at index 1.*approximate='tanh'"),
     (nn.Sequential(nn.Conv2d(1, 1, 3), nn.MaxPool2d(2, ceil_mode=True)), r"MaxPool2d at index 1.*ceil_mode"),
+    (nn.Sequential(nn.Linear(3, 3), nn.ELU(1.5)), r"ELU at index 1: ELU with alpha=1.5 is not convex"),
+    (nn.Sequential(nn.Linear(3, 3), nn.ELU(-0.5)), r"ELU at index 1: ELU with alpha=-0.5 is not convex"),
+    (nn.Sequential(nn.Linear(3, 3), nn.Softplus(beta=-1.0)), r"Softplus at index 1: Softplus with beta=-1.0"),
+    (nn.Sequential(nn.Linear(3, 3), nn.SELU()), r"SELU at index 1 is not supported"),
 ])
 def test_refusals_name_the_node_and_line(model, pattern):
     with pytest.raises(gmbound.UnsupportedLayerError, match=pattern):
@@ -339,6 +359,8 @@ def test_refusals_name_the_node_and_line(model, pattern):
     ("torch.cat([x, x], 0)", r"not the batch axis"),
     ("x.clamp(min=x)", r"by numbers"),
     ("x / (x + 1)", r"division of two tensors"),
+    ("torch.nn.functional.elu(x, 2.0)", r"node 'elu'.*ELU with alpha=2.0 is not convex"),
+    ("torch.nn.functional.softplus(x, x)", r"softplus with beta=.*give a number"),
 ])
 def test_functional_refusals(body, pattern):
     src = f"def forward(self, x):\n    return {body}\n"

@@ -56,5 +56,5 @@ def test_one_list_of_supported_layers():
 
     assert SUPPORTED_LAYERS == supported_layers() == tuple(r.label for r in MODULE_RULES)
     with pytest.raises(gmbound.UnsupportedLayerError) as info:
-        gmbound.BoundedSequential(nn.Sequential(nn.Linear(2, 2), nn.Softplus()))
+        gmbound.BoundedSequential(nn.Sequential(nn.Linear(2, 2), nn.SELU()))
     assert all(label in str(info.value) for label in supported_layers())

@@ -1,4 +1,4 @@
-"""Element-wise nonlinear activations other than ReLU: S-shaped, piecewise-linear, convex and GELU.
+"""Element-wise nonlinear activations other than ReLU: S-shaped, piecewise-linear and GELU (convex ones: ``convex``).
 
 Each op bounds ``y = f(z)`` entry by entry. Its interval step is the exact range of ``f`` over
 ``[l, u]``; its CROWN step relaxes ``f`` on ``[l, u]`` by two lines, ``a_L z + b_L <= f(z) <=
@@ -353,23 +353,6 @@ class ClampOp(ElementwiseOp):
             up_s, up_b = torch.where(both, s_up, up_s), torch.where(both, b_up, up_b)
             lo_s, lo_b = torch.where(both, s_lo, lo_s), torch.where(both, b_lo, lo_b)
         return lo_s, lo_b, up_s, up_b
-
-
-# ============================================================================ convex: exp
-class ExpOp(ElementwiseOp):
-    """``exp(z)`` (convex, increasing): the chord above, the tangent at the midpoint below."""
-
-    relaxation = "chord above, tangent at the midpoint below"
-
-    def fn(self, z):
-        return torch.exp(z)
-
-    def lines(self, l, u):
-        f_l, f_u = self.fn(l), self.fn(u)
-        up_s, up_b = _chord(f_l, f_u, l, u, f_u, above=True)
-        m = (l + u) / 2
-        lo_s = torch.exp(m)
-        return lo_s, lo_s - lo_s * m, up_s, up_b
 
 
 # ============================================================================ GELU

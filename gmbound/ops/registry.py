@@ -21,7 +21,8 @@ from .affine import ChannelAffineOp, Conv2dOp, LinearOp
 from .base import BoundOp, UnsupportedLayerError
 from .checks import check_understood
 from .elementwise import AddOp, ConstantAffineOp, ProductOp
-from .nonlinear import AbsOp, ClampOp, ExpOp, GELUOp, LeakyReLUOp, SigmoidOp, SquareOp, TanhOp
+from .convex import ELUOp, ExpOp, SoftplusOp
+from .nonlinear import AbsOp, ClampOp, GELUOp, LeakyReLUOp, SigmoidOp, SquareOp, TanhOp
 from .pooling import AvgPool2dOp, MaxPool2dOp
 from .shape import FlattenOp, PadOp, ReshapeOp
 from .structure import CatOp, ReduceOp, SliceOp
@@ -138,6 +139,9 @@ MODULE_RULES: tuple[ModuleRule, ...] = (
     ModuleRule((nn.LeakyReLU,), lambda m, w: LeakyReLUOp(m, w, m.negative_slope), "LeakyReLU", LeakyReLUOp),
     ModuleRule((nn.Hardtanh,), lambda m, w: ClampOp(m, w, m.min_val, m.max_val), "Hardtanh, ReLU6", ClampOp),
     ModuleRule((nn.GELU,), _gelu, "GELU (approximate='none')", GELUOp),
+    ModuleRule((nn.Softplus,), lambda m, w: SoftplusOp(m, w, m.beta, m.threshold), "Softplus", SoftplusOp),
+    ModuleRule((nn.ELU,), lambda m, w: ELUOp(m, w, m.alpha), "ELU (0 <= alpha <= 1)", ELUOp),
+    ModuleRule((nn.CELU,), lambda m, w: ELUOp(m, w, m.alpha, continuous=True), "CELU", ELUOp),
     ModuleRule((nn.MaxPool2d,), _max_pool, "MaxPool2d (ceil_mode=False)", MaxPool2dOp),
 )
 
@@ -444,6 +448,22 @@ def _gelu_fn(call: Call) -> Built:
     return gelu_op(None, call.where, call.arg(1, "approximate", "none")), [call.arg(0, "input")]
 
 
+def _number(call: Call, index: int, name: str, default: float) -> float:
+    v = call.arg(index, name, default)
+    if _is_tensor(v) or isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise call.refuse(f"{call.label} with {name}={v!r}: give a number")
+    return float(v)
+
+
+def _softplus_fn(call: Call) -> Built:
+    op = SoftplusOp(None, call.where, _number(call, 1, "beta", 1.0), _number(call, 2, "threshold", 20.0))
+    return op, [call.arg(0, "input")]
+
+
+def _elu_fn(call: Call, continuous: bool) -> Built:
+    return ELUOp(None, call.where, _number(call, 1, "alpha", 1.0), continuous), [call.arg(0, "input")]
+
+
 def _max_pool_fn(call: Call) -> Built:
     op = max_pool_op(None, call.where, call.arg(1, "kernel_size"), call.arg(2, "stride"), call.arg(3, "padding", 0),
                      call.arg(4, "dilation", 1), call.arg(5, "ceil_mode", False), call.arg(6, "return_indices", False))
@@ -475,6 +495,8 @@ _CLAMP = FunctionRule(_clamp_fn, "clamp / clip / clamp_min / clamp_max (by numbe
 _HARDTANH = FunctionRule(_hardtanh_fn, "F.hardtanh", ClampOp)
 _LEAKY = FunctionRule(_leaky_relu_fn, "F.leaky_relu", LeakyReLUOp)
 _MAXPOOL = FunctionRule(_max_pool_fn, "F.max_pool2d", MaxPool2dOp)
+_ELU = FunctionRule(lambda c: _elu_fn(c, continuous=False), "F.elu (0 <= alpha <= 1)", ELUOp)
+_CELU = FunctionRule(lambda c: _elu_fn(c, continuous=True), "F.celu / torch.celu", ELUOp)
 _CAT = FunctionRule(_cat, "torch.cat / torch.concat (per-sample dim)", CatOp)
 _SUM = FunctionRule(lambda c: _reduce(c, mean=False), "sum over per-sample dims", ReduceOp)
 _MEAN = FunctionRule(lambda c: _reduce(c, mean=True), "mean over per-sample dims", ReduceOp)
@@ -501,6 +523,8 @@ FUNCTION_RULES: dict[Any, FunctionRule] = {
     F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
     F.gelu: FunctionRule(_gelu_fn, "F.gelu (approximate='none')", GELUOp),
     F.max_pool2d: _MAXPOOL,
+    F.softplus: FunctionRule(_softplus_fn, "F.softplus", SoftplusOp),
+    F.elu: _ELU, F.elu_: _ELU, F.celu: _CELU, F.celu_: _CELU, torch.celu: _CELU, torch.celu_: _CELU,
     torch.cat: _CAT, torch.concat: _CAT,
     torch.square: _SQUARE, operator.pow: _POW, torch.pow: _POW,
     torch.sum: _SUM, torch.mean: _MEAN,
@@ -523,8 +547,9 @@ INPLACE_METHODS = tuple(name + "_" for name in ("add", "sub", "mul", "div", "neg
 # What is refused, and why: the README's table of operations lists these (generated, see ``gmbound.ops.table``).
 REFUSED: tuple[tuple[str, str], ...] = (
     ("a / b of two tensors", "1/b has no relaxation in gmbound (a * b has: McCormick)"),
-    ("softmax, log_softmax, Softplus, ELU, SiLU / Mish modules, sin / cos, log, sqrt, x ** p (p not 1 or 2)",
-     "no relaxation implemented; a product a * b, tanh, sigmoid, exp are"),
+    ("softmax, log_softmax, SELU, SiLU / Mish modules, sin / cos, log, sqrt, x ** p (p not 1 or 2)",
+     "no relaxation implemented; a product a * b, tanh, sigmoid, exp, softplus, ELU are"),
+    ("ELU with alpha > 1 or < 0", "not convex: its slope falls at 0 (CELU is convex for every alpha > 0)"),
     ("GELU(approximate='tanh')", "only the exact erf form is relaxed"),
     ("max pooling with ceil_mode=True or return_indices=True", "partial last windows; indices are not bounded "
      "values"),
