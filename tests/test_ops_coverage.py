@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gmbound
-from gmbound.ops import convex, nonlinear
+from gmbound.ops import convex, nonlinear, smooth_relu
 from gmbound.reference import primitives as R
 from ops_nets import OPS_NETS, make_ops_case
 from backends import needs_extension
@@ -228,7 +228,7 @@ def _grid_check(op, l, u, n=257):
 
 
 ELEMENTWISE = {
-    "tanh": nonlinear.TanhOp(None, "t"), "sigmoid": nonlinear.SigmoidOp(None, "s"), "gelu": nonlinear.GELUOp(None, "g"),
+    "tanh": nonlinear.TanhOp(None, "t"), "sigmoid": nonlinear.SigmoidOp(None, "s"), "gelu": smooth_relu.GELUOp(None, "g"),
     "leaky": nonlinear.LeakyReLUOp(None, "l", 0.1), "leaky_concave": nonlinear.LeakyReLUOp(None, "l", 2.5),
     "leaky_negative": nonlinear.LeakyReLUOp(None, "l", -0.3), "abs": nonlinear.AbsOp(None, "a"),
     "hardtanh": nonlinear.ClampOp(None, "h", -1.0, 1.0), "clamp_min": nonlinear.ClampOp(None, "c", 0.2, None),
@@ -237,6 +237,7 @@ ELEMENTWISE = {
     "softplus_steep": convex.SoftplusOp(None, "sp", 50.0, 20.0), "elu": convex.ELUOp(None, "e"),
     "elu_small_alpha": convex.ELUOp(None, "e", 0.3), "relu_as_elu": convex.ELUOp(None, "e", 0.0),
     "celu": convex.ELUOp(None, "c", 2.0, continuous=True), "celu_small": convex.ELUOp(None, "c", 0.2, continuous=True),
+    "silu": smooth_relu.SiLUOp(None, "s"), "mish": smooth_relu.MishOp(None, "m"),
 }
 
 
@@ -277,6 +278,23 @@ def test_convex_lines_touch_the_function():
         m = (l + u) / 2
         for z, a, b in ((m, a_l, b_l), (l, a_u, b_u), (u, a_u, b_u)):
             torch.testing.assert_close(a * z + b, op.fn(z), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", [smooth_relu.GELUOp(None, "g"), smooth_relu.SiLUOp(None, "s"),
+                                smooth_relu.MishOp(None, "m")], ids=["gelu", "silu", "mish"])
+def test_smooth_relu_shape_constants(op):
+    """z* is the minimum of f on a fine grid; f'' changes sign at c_lo and c_hi and nowhere else in [-8, 8]."""
+    argmin, c_lo, c_hi = op.shape()
+    z = torch.linspace(-8, 8, 160001, dtype=torch.float64, requires_grad=True)
+    fz = op.fn(z)
+    assert abs(z[fz.argmin()].item() - argmin) < 2e-4
+    (d1,) = torch.autograd.grad(fz.sum(), z, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), z)
+    torch.testing.assert_close(d1.detach(), op.d1(z.detach()), rtol=1e-12, atol=1e-12)  # d1 is f'
+    flips = z[1:][(d2[1:] > 0) != (d2[:-1] > 0)].detach()
+    assert flips.numel() == 2 and abs(flips[0] - c_lo) < 2e-4 and abs(flips[1] - c_hi) < 2e-4
+    assert (d2[(z > c_lo + 1e-3) & (z < c_hi - 1e-3)] > 0).all()
+    assert (fz <= torch.relu(z) + 1e-15).all()  # the upper line across 0 relies on f <= relu
 
 
 def test_max_pool_relaxation_by_brute_force():

@@ -1,4 +1,4 @@
-"""Element-wise nonlinear activations other than ReLU: S-shaped, piecewise-linear and GELU (convex ones: ``convex``).
+"""Element-wise nonlinear activations: S-shaped and piecewise-linear (others: ``convex``, ``smooth_relu``).
 
 Each op bounds ``y = f(z)`` entry by entry. Its interval step is the exact range of ``f`` over
 ``[l, u]``; its CROWN step relaxes ``f`` on ``[l, u]`` by two lines, ``a_L z + b_L <= f(z) <=
@@ -352,74 +352,4 @@ class ClampOp(ElementwiseOp):
             s_lo, b_lo = _chord(lo_t, hi_t, lo_t, torch.where(both, u, hi_t + 1), one, above=False)
             up_s, up_b = torch.where(both, s_up, up_s), torch.where(both, b_up, up_b)
             lo_s, lo_b = torch.where(both, s_lo, lo_s), torch.where(both, b_lo, lo_b)
-        return lo_s, lo_b, up_s, up_b
-
-
-# ============================================================================ GELU
-_SQRT2 = math.sqrt(2.0)
-
-
-def _gelu_argmin() -> float:
-    """The minimiser of ``z Phi(z)``: ``Phi(z) + z phi(z) = 0`` (Newton in double precision)."""
-    z = -0.75
-    for _ in range(50):
-        phi = math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-        cdf = 0.5 * (1 + math.erf(z / _SQRT2))
-        g, dg = cdf + z * phi, phi * (2 - z * z)
-        z -= g / dg
-    return z
-
-
-class GELUOp(ElementwiseOp):
-    """``gelu(z) = z Phi(z)`` (exact erf form; ``approximate='tanh'`` is refused).
-
-    Interval: exact (``gelu`` falls to its minimum at ``z* = -0.7518`` and rises after it).
-    GELU is convex on ``[-sqrt 2, sqrt 2]`` and concave outside. Inside the convex part: the chord
-    above, the midpoint tangent below; inside one concave part: the chord below, the midpoint
-    tangent above. Otherwise, below: the tangent at the midpoint clamped into the convex part,
-    lowered by its excess at ``l`` or ``u`` (``f`` minus a tangent of the convex part is concave
-    on the concave parts, so its minimum there is at ``l`` or ``u``); above: ``gelu <= relu``,
-    so ReLU's chord when ``l < 0 < u``, ``y = z`` when ``l >= 0``, and ``max(f(l), f(u))`` when
-    ``u <= 0``. Sound, and looser than auto_LiRPA's GELU bounds across the inflection points.
-    """
-
-    relaxation = "chord / midpoint tangent; across inflections a lowered tangent and ReLU's upper line"
-    ARGMIN = _gelu_argmin()
-
-    def fn(self, z):
-        return z * 0.5 * (1 + torch.erf(z / _SQRT2))
-
-    def d1(self, z):
-        return 0.5 * (1 + torch.erf(z / _SQRT2)) + z * torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-
-    def range(self, l, u):
-        f_l, f_u = self.fn(l), self.fn(u)
-        lowest = self.fn(torch.clamp(torch.full_like(l, self.ARGMIN), l, u))
-        return torch.minimum(torch.minimum(f_l, f_u), lowest), torch.maximum(f_l, f_u)
-
-    def lines(self, l, u):
-        one, zero = torch.ones_like(l), torch.zeros_like(l)
-        f_l, f_u = self.fn(l), self.fn(u)
-        m = (l + u) / 2
-        mid_s = self.d1(m)
-        mid_b = self.fn(m) - mid_s * m
-        convex = (l >= -_SQRT2) & (u <= _SQRT2)
-        concave = (l >= _SQRT2) | (u <= -_SQRT2)
-        chord_up = _chord(f_l, f_u, l, u, self.d1(u), above=True)
-        chord_lo = _chord(f_l, f_u, l, u, self.d1(u), above=False)
-        # mixed: a tangent of the convex part, lowered by its excess at the endpoints
-        t = torch.clamp(m, -_SQRT2, _SQRT2)
-        t_s = self.d1(t)
-        t_b = self.fn(t) - t_s * t
-        excess = torch.clamp(torch.maximum(t_s * l + t_b - f_l, t_s * u + t_b - f_u), min=0)
-        mixed_lo_b = t_b - excess
-        # mixed, above: gelu <= relu
-        relu_s = torch.where(u > 0, u / torch.where(u - l > 0, u - l, one), zero)
-        relu_b = -relu_s * l
-        m_up_s = torch.where(l >= 0, one, torch.where(u <= 0, zero, relu_s))
-        m_up_b = torch.where(l >= 0, zero, torch.where(u <= 0, torch.maximum(f_l, f_u), relu_b))
-        lo_s = torch.where(convex, mid_s, torch.where(concave, chord_lo[0], t_s))
-        lo_b = torch.where(convex, mid_b, torch.where(concave, chord_lo[1], mixed_lo_b))
-        up_s = torch.where(convex, chord_up[0], torch.where(concave, mid_s, m_up_s))
-        up_b = torch.where(convex, chord_up[1], torch.where(concave, mid_b, m_up_b))
         return lo_s, lo_b, up_s, up_b

@@ -22,9 +22,10 @@ from .base import BoundOp, UnsupportedLayerError
 from .checks import check_understood
 from .elementwise import AddOp, ConstantAffineOp, ProductOp
 from .convex import ELUOp, ExpOp, SoftplusOp
-from .nonlinear import AbsOp, ClampOp, GELUOp, LeakyReLUOp, SigmoidOp, SquareOp, TanhOp
+from .nonlinear import AbsOp, ClampOp, LeakyReLUOp, SigmoidOp, SquareOp, TanhOp
 from .pooling import AvgPool2dOp, MaxPool2dOp
 from .shape import FlattenOp, PadOp, ReshapeOp
+from .smooth_relu import GELUOp, MishOp, SiLUOp
 from .structure import CatOp, ReduceOp, SliceOp
 
 
@@ -139,6 +140,8 @@ MODULE_RULES: tuple[ModuleRule, ...] = (
     ModuleRule((nn.LeakyReLU,), lambda m, w: LeakyReLUOp(m, w, m.negative_slope), "LeakyReLU", LeakyReLUOp),
     ModuleRule((nn.Hardtanh,), lambda m, w: ClampOp(m, w, m.min_val, m.max_val), "Hardtanh, ReLU6", ClampOp),
     ModuleRule((nn.GELU,), _gelu, "GELU (approximate='none')", GELUOp),
+    ModuleRule((nn.SiLU,), lambda m, w: SiLUOp(m, w), "SiLU", SiLUOp),
+    ModuleRule((nn.Mish,), lambda m, w: MishOp(m, w), "Mish", MishOp),
     ModuleRule((nn.Softplus,), lambda m, w: SoftplusOp(m, w, m.beta, m.threshold), "Softplus", SoftplusOp),
     ModuleRule((nn.ELU,), lambda m, w: ELUOp(m, w, m.alpha), "ELU (0 <= alpha <= 1)", ELUOp),
     ModuleRule((nn.CELU,), lambda m, w: ELUOp(m, w, m.alpha, continuous=True), "CELU", ELUOp),
@@ -522,6 +525,7 @@ FUNCTION_RULES: dict[Any, FunctionRule] = {
     F.hardtanh: _HARDTANH, F.hardtanh_: _HARDTANH, F.relu6: FunctionRule(_relu6_fn, "F.relu6", ClampOp),
     F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
     F.gelu: FunctionRule(_gelu_fn, "F.gelu (approximate='none')", GELUOp),
+    F.silu: FunctionRule(_unary(SiLUOp), "F.silu", SiLUOp), F.mish: FunctionRule(_unary(MishOp), "F.mish", MishOp),
     F.max_pool2d: _MAXPOOL,
     F.softplus: FunctionRule(_softplus_fn, "F.softplus", SoftplusOp),
     F.elu: _ELU, F.elu_: _ELU, F.celu: _CELU, F.celu_: _CELU, torch.celu: _CELU, torch.celu_: _CELU,
@@ -547,8 +551,8 @@ INPLACE_METHODS = tuple(name + "_" for name in ("add", "sub", "mul", "div", "neg
 # What is refused, and why: the README's table of operations lists these (generated, see ``gmbound.ops.table``).
 REFUSED: tuple[tuple[str, str], ...] = (
     ("a / b of two tensors", "1/b has no relaxation in gmbound (a * b has: McCormick)"),
-    ("softmax, log_softmax, SELU, SiLU / Mish modules, sin / cos, log, sqrt, x ** p (p not 1 or 2)",
-     "no relaxation implemented; a product a * b, tanh, sigmoid, exp, softplus, ELU are"),
+    ("softmax, log_softmax, SELU, sin / cos, log, sqrt, x ** p (p not 1 or 2)",
+     "no relaxation implemented; a product a * b, tanh, sigmoid, exp, softplus, ELU, SiLU, Mish are"),
     ("ELU with alpha > 1 or < 0", "not convex: its slope falls at 0 (CELU is convex for every alpha > 0)"),
     ("GELU(approximate='tanh')", "only the exact erf form is relaxed"),
     ("max pooling with ceil_mode=True or return_indices=True", "partial last windows; indices are not bounded "
