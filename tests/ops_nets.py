@@ -154,6 +154,7 @@ OPS_NETS = {
     "sigmoid": (_seq_factory(nn.Sigmoid(), scale=3.0), (6,), True),
     "gelu": (_seq_factory(nn.GELU(), scale=4.0), (6,), False),
     "silu": (_seq_factory(nn.SiLU(), scale=5.0), (6,), False),
+    "gelu_tanh": (_fn(lambda h: F.gelu(h, approximate="tanh") + nn.functional.gelu(h), scale=4.0), (6,), False),
     "mish_functional": (_fn(lambda h: F.mish(h) + F.silu(h, inplace=False), scale=5.0), (6,), False),
     "mish": (_seq_factory(nn.Mish(), scale=5.0), (6,), False),
     "leaky_relu": (_seq_factory(nn.LeakyReLU(0.1)), (6,), True),

@@ -25,7 +25,7 @@ from .convex import ELUOp, ExpOp, SoftplusOp
 from .nonlinear import AbsOp, ClampOp, LeakyReLUOp, SigmoidOp, SquareOp, TanhOp
 from .pooling import AvgPool2dOp, MaxPool2dOp
 from .shape import FlattenOp, PadOp, ReshapeOp
-from .smooth_relu import GELUOp, MishOp, SiLUOp
+from .smooth_relu import GELUOp, GELUTanhOp, MishOp, SiLUOp
 from .structure import CatOp, ReduceOp, SliceOp
 
 
@@ -107,20 +107,21 @@ def _gelu(m: nn.GELU, where: str) -> BoundOp:
 
 
 def gelu_op(m, where, approximate) -> BoundOp:
-    if approximate != "none":
-        raise UnsupportedLayerError(f"{where}: GELU with approximate={approximate!r} is not supported (gmbound "
-                                    "relaxes the exact erf form only); use approximate='none'")
-    return GELUOp(m, where)
+    if approximate == "none":
+        return GELUOp(m, where)
+    if approximate == "tanh":
+        return GELUTanhOp(m, where)
+    raise UnsupportedLayerError(f"{where}: GELU with approximate={approximate!r}: PyTorch knows 'none' and 'tanh'")
 
 
 @dataclass(frozen=True)
 class ModuleRule:
-    """Modules of ``types`` become ``build(module, where)`` (None: dropped as a no-op); ``op``: the bound op class."""
+    """Modules of ``types`` become ``build(module, where)`` (None: dropped as a no-op); ``op``: the bound op class(es)."""
 
     types: tuple[type, ...]
     build: Callable[[Any, str], Optional[BoundOp]]
     label: str
-    op: Optional[type] = None
+    op: Any = None  # the bound op class it builds, or a tuple of them (for the table of supported operations)
 
 
 MODULE_RULES: tuple[ModuleRule, ...] = (
@@ -139,7 +140,7 @@ MODULE_RULES: tuple[ModuleRule, ...] = (
     ModuleRule((nn.Sigmoid,), lambda m, w: SigmoidOp(m, w), "Sigmoid", SigmoidOp),
     ModuleRule((nn.LeakyReLU,), lambda m, w: LeakyReLUOp(m, w, m.negative_slope), "LeakyReLU", LeakyReLUOp),
     ModuleRule((nn.Hardtanh,), lambda m, w: ClampOp(m, w, m.min_val, m.max_val), "Hardtanh, ReLU6", ClampOp),
-    ModuleRule((nn.GELU,), _gelu, "GELU (approximate='none')", GELUOp),
+    ModuleRule((nn.GELU,), _gelu, "GELU", (GELUOp, GELUTanhOp)),
     ModuleRule((nn.SiLU,), lambda m, w: SiLUOp(m, w), "SiLU", SiLUOp),
     ModuleRule((nn.Mish,), lambda m, w: MishOp(m, w), "Mish", MishOp),
     ModuleRule((nn.Softplus,), lambda m, w: SoftplusOp(m, w, m.beta, m.threshold), "Softplus", SoftplusOp),
@@ -524,7 +525,7 @@ FUNCTION_RULES: dict[Any, FunctionRule] = {
     torch.clamp_max: _CLAMP,
     F.hardtanh: _HARDTANH, F.hardtanh_: _HARDTANH, F.relu6: FunctionRule(_relu6_fn, "F.relu6", ClampOp),
     F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
-    F.gelu: FunctionRule(_gelu_fn, "F.gelu (approximate='none')", GELUOp),
+    F.gelu: FunctionRule(_gelu_fn, "F.gelu", (GELUOp, GELUTanhOp)),
     F.silu: FunctionRule(_unary(SiLUOp), "F.silu", SiLUOp), F.mish: FunctionRule(_unary(MishOp), "F.mish", MishOp),
     F.max_pool2d: _MAXPOOL,
     F.softplus: FunctionRule(_softplus_fn, "F.softplus", SoftplusOp),
@@ -554,7 +555,6 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("softmax, log_softmax, SELU, sin / cos, log, sqrt, x ** p (p not 1 or 2)",
      "no relaxation implemented; a product a * b, tanh, sigmoid, exp, softplus, ELU, SiLU, Mish are"),
     ("ELU with alpha > 1 or < 0", "not convex: its slope falls at 0 (CELU is convex for every alpha > 0)"),
-    ("GELU(approximate='tanh')", "only the exact erf form is relaxed"),
     ("max pooling with ceil_mode=True or return_indices=True", "partial last windows; indices are not bounded "
      "values"),
     ("grouped convolutions, padding modes other than zeros, string padding", "not implemented"),

@@ -1,4 +1,4 @@
-"""Smooth ReLU-like activations: GELU (exact erf form), SiLU (swish) and Mish.
+"""Smooth ReLU-like activations: GELU (erf and tanh forms), SiLU (swish) and Mish.
 
 Each ``f`` of this family has the same shape, and one relaxation serves them all:
 - it falls to a single minimum at ``z*`` (< 0) and rises after it, so the interval step is exact:
@@ -110,16 +110,30 @@ _SQRT2 = math.sqrt(2.0)
 
 
 class GELUOp(SmoothReLUOp):
-    """``gelu(z) = z Phi(z)``: ``z* = -0.7518``, convex on ``[-sqrt 2, sqrt 2]``.
-
-    The exact erf form; ``approximate='tanh'`` is refused.
-    """
+    """``gelu(z) = z Phi(z)`` (the exact erf form): ``z* = -0.7518``, convex on ``[-sqrt 2, sqrt 2]``."""
 
     def fn(self, z):
         return z * 0.5 * (1 + torch.erf(z / _SQRT2))
 
     def d1(self, z):
         return 0.5 * (1 + torch.erf(z / _SQRT2)) + z * torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+
+
+_GELU_K, _GELU_C = math.sqrt(2.0 / math.pi), 0.044715
+
+
+class GELUTanhOp(SmoothReLUOp):
+    """``gelu(z) ~ z (1 + tanh(k (z + c z^3))) / 2`` (``approximate='tanh'``).
+
+    ``k = sqrt(2 / pi)``, ``c = 0.044715``: ``z* = -0.7525``, convex on ``[-1.4185, 1.4185]``.
+    """
+
+    def fn(self, z):
+        return F.gelu(z, approximate="tanh")
+
+    def d1(self, z):
+        t = torch.tanh(_GELU_K * (z + _GELU_C * z ** 3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_K * (1 + 3 * _GELU_C * z * z)
 
 
 class SiLUOp(SmoothReLUOp):

@@ -48,7 +48,8 @@ def operations_table() -> str:
         return rows[key]
 
     for rule in registry.MODULE_RULES:
-        row(rule.op)[0].append(f"`nn.{rule.label}`" if not rule.label.startswith("gmbound") else f"`{rule.label}`")
+        for op in (rule.op if isinstance(rule.op, tuple) else (rule.op,)):
+            row(op)[0].append(f"`nn.{rule.label}`" if not rule.label.startswith("gmbound") else f"`{rule.label}`")
     seen: set[str] = set()
     for rules in (registry.FUNCTION_RULES, registry.METHOD_RULES):
         for rule in rules.values():
