@@ -109,6 +109,26 @@ class LeakyMaxPoolCNN(nn.Module):
         return self.fc(h.flatten(1))
 
 
+def _grouped_cnn(seed: int) -> nn.Module:
+    """Grouped (2 groups), depthwise and pointwise convolutions, 'same' and 'valid' padding. Input [2, 6, 6]."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding="same", groups=2), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), nn.ReLU(),  # depthwise, strided
+        nn.Conv2d(4, 6, 1, padding="valid"), nn.ReLU(),                # pointwise
+        nn.Conv2d(6, 6, 3, padding="same", dilation=2, groups=3, bias=False), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 3 * 3, 4)).double()
+
+
+def _depthwise_cnn(seed: int) -> nn.Module:
+    """Grouped and depthwise convolutions with numeric padding (auto_LiRPA bounds these too). Input [2, 6, 6]."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, groups=2), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 3 * 3, 4)).double()
+
+
 class InPlace(nn.Module):
     """In-place forms of supported ops, each overwriting a tensor nothing else reads."""
 
@@ -182,6 +202,8 @@ OPS_NETS = {
     "maxpool_dilated": (_maxpool_cnn(nn.MaxPool2d(2, stride=2, dilation=2), 3 * 2 * 2), (1, 6, 6), False),
     "leaky_maxpool_cnn": (_plain(LeakyMaxPoolCNN), (1, 6, 6), False),
     "inplace": (_plain(InPlace), (6,), False),
+    "grouped_conv": (_grouped_cnn, (2, 6, 6), False),  # auto_LiRPA 0.7.1 fails on string padding
+    "depthwise_conv": (_depthwise_cnn, (2, 6, 6), False),  # test_grouped_conv_parity_with_auto_lirpa
     # auto_LiRPA relaxes x ** 2 with its S-shaped framework (BoundPow), about 10 % narrower here than
     # gmbound's midpoint tangent; x * x (BoundSqr) is matched exactly
     "square": (_fn(lambda h: h ** 2 + torch.square(h)), (6,), False),

@@ -299,6 +299,22 @@ def test_smooth_relu_shape_constants(op):
     assert (fz <= torch.relu(z) + 1e-15).all()  # the upper line across 0 relies on f <= relu
 
 
+@pytest.mark.parametrize("c_in, c_out, groups", [(2, 4, 2), (6, 6, 6), (6, 9, 3), (4, 8, 1)])
+def test_dense_group_weight_is_the_same_convolution(c_in, c_out, groups):
+    """The block-diagonal dense weight convolves like the grouped one, and its gradient is the grouped one's."""
+    from gmbound.ops.affine import dense_group_weight
+    g = torch.Generator().manual_seed(c_in * c_out + groups)
+    w = torch.randn(c_out, c_in // groups, 3, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    x = torch.randn(2, c_in, 7, 6, dtype=torch.float64, generator=g)
+    grouped = F.conv2d(x, w, stride=(2, 1), padding=1, groups=groups)
+    dense = F.conv2d(x, dense_group_weight(w, groups), stride=(2, 1), padding=1)
+    torch.testing.assert_close(dense, grouped, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(grouped.shape, dtype=torch.float64, generator=g)
+    (g_grouped,) = torch.autograd.grad((grouped * probe).sum(), w)
+    (g_dense,) = torch.autograd.grad((dense * probe).sum(), w)
+    torch.testing.assert_close(g_dense, g_grouped, rtol=1e-12, atol=1e-12)
+
+
 def test_max_pool_relaxation_by_brute_force():
     """Overlapping, padded, dilated windows: lam . maxpool(x) >= the back-substituted bound at random x in the box."""
     g = torch.Generator().manual_seed(1)
@@ -427,6 +443,29 @@ def test_parity_with_auto_lirpa(name):
         b = gmbound.BoundedSequential(net).bounds(x, 0.05, method=ours, x_min=0, x_max=1, backend="reference")
         torch.testing.assert_close(b.lower[0], lb.detach(), rtol=1e-4, atol=2e-5, msg=f"{name} {method} lower")
         torch.testing.assert_close(b.upper[0], ub.detach(), rtol=1e-4, atol=2e-5, msg=f"{name} {method} upper")
+
+
+@pytest.mark.skipif(not HAS_LIRPA, reason="auto_LiRPA is not importable (CI has none): parity not checked")
+def test_grouped_conv_parity_with_auto_lirpa():
+    """Grouped / depthwise convolutions: auto_LiRPA's IBP and CROWN-IBP bounds on the grouped net, and its CROWN
+    bounds on the dense twin (groups = 1, block-diagonal weight; the same function). auto_LiRPA 0.7.1's full CROWN
+    on the grouped layers themselves is a little looser than on the twin, so the twin is the reference there."""
+    from gmbound.ops.affine import dense_group_weight
+    net, x, _ = make_ops_case("depthwise_conv", 6)
+    net, x = net.float(), x.float()
+    twin = nn.Sequential(*[layer if not isinstance(layer, nn.Conv2d) else
+                           nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                     layer.padding) for layer in net])
+    with torch.no_grad():
+        for layer, twin_layer in zip(net, twin):
+            if isinstance(layer, nn.Conv2d):
+                twin_layer.weight.copy_(dense_group_weight(layer.weight, layer.groups))
+                twin_layer.bias.copy_(layer.bias)
+    for method, ours, reference in (("IBP", "ibp", net), ("CROWN-IBP", "crown-ibp", net), ("CROWN", "crown", twin)):
+        lb, ub = _lirpa_bounds(reference, x, 0.05, method)
+        b = gmbound.BoundedSequential(net).bounds(x, 0.05, method=ours, x_min=0, x_max=1, backend="reference")
+        torch.testing.assert_close(b.lower[0], lb.detach(), rtol=1e-4, atol=2e-5, msg=f"{method} lower")
+        torch.testing.assert_close(b.upper[0], ub.detach(), rtol=1e-4, atol=2e-5, msg=f"{method} upper")
 
 
 @pytest.mark.parametrize("name", ["product", "maxpool_overlapping", "tanh", "cat"])

@@ -16,7 +16,7 @@ The subset (everything else raises ``UnsupportedFeatureError``, a ``NotImplement
 ``gmbound.UnsupportedLayerError`` for a model, saying what is outside it):
 
 * ``BoundedModule(model, global_input, bound_opts=None, device="auto")``: ``model`` an ``nn.Sequential``
-  (nested ones allowed) of Linear, Conv2d (groups=1, zero padding), ReLU, Flatten, BatchNorm1d/2d,
+  (nested ones allowed) of Linear, Conv2d (zero padding, any groups), ReLU, Flatten, BatchNorm1d/2d,
   ``gmbound.Normalize``, AvgPool2d, AdaptiveAvgPool2d, Identity, eval-mode Dropout, or any
   ``nn.Module`` whose forward torch.fx traces into these and residual sums, ``F.relu``, average
   pooling, ``view`` / ``flatten`` and constants (``gmbound.ops.registry``); or a

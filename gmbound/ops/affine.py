@@ -45,6 +45,19 @@ class LinearOp(WeightedOp):
         return self.weight, self.bias, None
 
 
+def conv_padding(padding, kernel, dilation) -> tuple[int, int]:
+    """A convolution's zero padding as numbers: ``'valid'`` is 0, ``'same'`` half the dilated kernel.
+
+    ``'same'`` with an even dilated kernel pads one more on the bottom / right; such a layer is
+    refused when it is built (``registry._conv2d``), so this is never asked for it.
+    """
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        return tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+    return tuple(padding)
+
+
 def conv_output_padding(op: "Conv2dOp", in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
     """``output_padding`` that makes ``conv_transpose2d`` return exactly the conv's input size.
 
@@ -63,8 +76,33 @@ def transpose_padding(kernel, stride, padding, dilation, in_hw, out_hw) -> tuple
     return (pads[0], pads[1])
 
 
+def dense_group_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The ``groups = 1`` weight ``[C_out, C_in, kh, kw]`` of a grouped convolution's ``[C_out, C_in / g, kh, kw]``.
+
+    Output channel ``o`` of group ``o // (C_out / g)`` reads only that group's input channels: the
+    dense weight is block diagonal over the groups, zero elsewhere, so both convolutions are the
+    same linear map (and its gradient reaches the grouped weight).
+    """
+    if groups == 1:
+        return weight
+    c_out, c_in_g = weight.shape[:2]
+    grouped = weight.reshape(groups, c_out // groups, c_in_g, *weight.shape[2:])
+    eye = torch.eye(groups, dtype=weight.dtype, device=weight.device)
+    dense = torch.einsum("gh,goikl->gohikl", eye, grouped)
+    return dense.reshape(c_out, groups * c_in_g, *weight.shape[2:])
+
+
 class Conv2dOp(WeightedOp):
-    """``z = conv(a, W) + b`` (any stride / padding / dilation, groups = 1, zero padding)."""
+    """``z = conv(a, W) + b`` (any stride / dilation; zero padding by numbers, 'valid' or odd 'same'; any groups).
+
+    A grouped convolution is bounded as the dense one with the block-diagonal weight
+    (``dense_group_weight``): the same map, at ``groups`` times the bound FLOPs of dedicated
+    grouped kernels, so every backend's convolution kernels serve it unchanged.
+    """
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return dense_group_weight(self.module.weight, self.module.groups)
 
     @property
     def stride(self) -> tuple[int, int]:
@@ -72,7 +110,7 @@ class Conv2dOp(WeightedOp):
 
     @property
     def padding(self) -> tuple[int, int]:
-        return tuple(self.module.padding)
+        return conv_padding(self.module.padding, self.module.weight.shape[-2:], self.module.dilation)
 
     @property
     def dilation(self) -> tuple[int, int]:

@@ -35,12 +35,12 @@ def _linear(m: nn.Linear, where: str) -> BoundOp:
 
 
 def _conv2d(m: nn.Conv2d, where: str) -> BoundOp:
-    if m.groups != 1:
-        raise UnsupportedLayerError(f"{where}: grouped convolution (groups={m.groups}) is not supported")
     if m.padding_mode != "zeros":
         raise UnsupportedLayerError(f"{where}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
-    if isinstance(m.padding, str):
-        raise UnsupportedLayerError(f"{where}: string padding {m.padding!r} is not supported; give integers")
+    if m.padding == "same" and any(d * (k - 1) % 2 for k, d in zip(m.kernel_size, m.dilation)):
+        raise UnsupportedLayerError(f"{where}: padding='same' with an even dilated kernel ({m.kernel_size}, dilation "
+                                    f"{m.dilation}) pads one side more, which gmbound does not bound; give the "
+                                    "padding as numbers, or an F.pad before the layer")
     return Conv2dOp(m, where)
 
 
@@ -126,7 +126,7 @@ class ModuleRule:
 
 MODULE_RULES: tuple[ModuleRule, ...] = (
     ModuleRule((nn.Linear,), _linear, "Linear", LinearOp),
-    ModuleRule((nn.Conv2d,), _conv2d, "Conv2d (groups=1, zero padding)", Conv2dOp),
+    ModuleRule((nn.Conv2d,), _conv2d, "Conv2d (zero padding; grouped: as dense)", Conv2dOp),
     ModuleRule((nn.ReLU,), lambda m, w: ReLUOp(m, w), "ReLU", ReLUOp),
     ModuleRule((nn.Flatten,), _flatten, "Flatten", FlattenOp),
     ModuleRule((nn.BatchNorm1d, nn.BatchNorm2d), _batchnorm, "BatchNorm1d/2d", ChannelAffineOp),
@@ -557,7 +557,7 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("ELU with alpha > 1 or < 0", "not convex: its slope falls at 0 (CELU is convex for every alpha > 0)"),
     ("max pooling with ceil_mode=True or return_indices=True", "partial last windows; indices are not bounded "
      "values"),
-    ("grouped convolutions, padding modes other than zeros, string padding", "not implemented"),
+    ("padding modes other than zeros; padding='same' with an even dilated kernel", "not implemented"),
     ("reductions, indexing or concatenation along the batch axis (x.sum(), x[0], torch.cat(..., 0))",
      "each sample is bounded on its own box; the batch axis must stay"),
     ("indexing with tensors, lists, None or Ellipsis; negative steps", "not a basic per-sample selection (an "
