@@ -16,10 +16,10 @@ The subset (everything else raises ``UnsupportedFeatureError``, a ``NotImplement
 ``gmbound.UnsupportedLayerError`` for a model, saying what is outside it):
 
 * ``BoundedModule(model, global_input, bound_opts=None, device="auto")``: ``model`` an ``nn.Sequential``
-  (nested ones allowed) of Linear, Conv2d (zero padding, any groups), ReLU, Flatten, BatchNorm1d/2d,
-  ``gmbound.Normalize``, AvgPool2d, AdaptiveAvgPool2d, Identity, eval-mode Dropout, or any
-  ``nn.Module`` whose forward torch.fx traces into these and residual sums, ``F.relu``, average
-  pooling, ``view`` / ``flatten`` and constants (``gmbound.ops.registry``); or a
+  (nested ones allowed) of the layers gmbound bounds, or any ``nn.Module`` whose forward torch.fx
+  traces into those layers and the supported functions (the README's table of supported operations,
+  generated from ``gmbound.ops.registry``: Linear, Conv2d, BatchNorm, ReLU and the other
+  activations, pooling, residual sums, products, slicing, concatenation, ...); or a
   ``CrossEntropyWrapper`` of one with ``bound_opts={"loss_fusion": True}``. No custom_ops.
   ``bound_opts``: speed/memory options are ignored; ``activation_bound_option`` (and the older
   ``relu``) must be None or ``"adaptive"`` (``"same-slope"``, ``"zero-lb"``, ``"one-lb"`` are
