@@ -129,6 +129,22 @@ def _depthwise_cnn(seed: int) -> nn.Module:
         nn.Flatten(), nn.Linear(4 * 3 * 3, 4)).double()
 
 
+class AvgPoolVariants(nn.Module):
+    """Average pooling whose windows differ in size or divisor. Input [1, 7, 7]."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)  # 7 -> 4
+        self.fc = nn.Linear(3 * 3 * 3 + 3 * 2 * 3, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        a = F.avg_pool2d(self.pool(h), 2, stride=1, ceil_mode=True)          # 4 -> 3
+        b = F.adaptive_avg_pool2d(h, (2, 3))                                   # 7x7 -> 2x3: uneven windows
+        return self.fc(torch.cat([a.flatten(1), torch.tanh(b).flatten(1)], 1))
+
+
 class InPlace(nn.Module):
     """In-place forms of supported ops, each overwriting a tensor nothing else reads."""
 
@@ -202,6 +218,7 @@ OPS_NETS = {
     "maxpool_dilated": (_maxpool_cnn(nn.MaxPool2d(2, stride=2, dilation=2), 3 * 2 * 2), (1, 6, 6), False),
     "leaky_maxpool_cnn": (_plain(LeakyMaxPoolCNN), (1, 6, 6), False),
     "inplace": (_plain(InPlace), (6,), False),
+    "avgpool_variants": (_plain(AvgPoolVariants), (1, 7, 7), False),
     "grouped_conv": (_grouped_cnn, (2, 6, 6), False),  # auto_LiRPA 0.7.1 fails on string padding
     "depthwise_conv": (_depthwise_cnn, (2, 6, 6), False),  # test_grouped_conv_parity_with_auto_lirpa
     # auto_LiRPA relaxes x ** 2 with its S-shaped framework (BoundPow), about 10 % narrower here than

@@ -316,15 +316,19 @@ def test_unsupported_nodes_are_named_with_op_and_line(model, pattern):
         gmbound.BoundedSequential(model)
 
 
-def test_adaptive_pooling_with_uneven_windows_is_refused():
+def test_adaptive_pooling_with_uneven_windows_is_bounded():
+    """5x5 -> 2x2 has windows of 3x3 overlapping on the middle row and column: the adjoint path, exact at radius 0."""
     class Uneven(nn.Module):
         def forward(self, x):
             return torch.flatten(F.adaptive_avg_pool2d(x, 2), 1)
 
     bnet = gmbound.BoundedSequential(Uneven())
-    with pytest.raises(ValueError, match="windows of different sizes"):
-        bnet.bounds(torch.zeros(1, 1, 5, 5), 0.1)
-    assert bnet.bounds(torch.zeros(1, 1, 4, 4), 0.1).lower.shape == (1, 1, 4)
+    x = torch.rand(2, 1, 5, 5, dtype=torch.float64)
+    b = bnet.bounds(x, [0.0, 0.1], method="crown")
+    torch.testing.assert_close(b.lower[0], Uneven()(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(b.upper[0], Uneven()(x), rtol=0, atol=1e-12)
+    # a linear map with weights summing to 1: the box of radius r maps to exactly +-r, clipping aside
+    torch.testing.assert_close(b.upper[1] - b.lower[1], torch.full_like(b.lower[1], 0.2), rtol=0, atol=1e-12)
 
 
 def test_relu_neurons_counts_functional_relus():

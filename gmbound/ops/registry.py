@@ -70,12 +70,8 @@ def _avg_pool(m: nn.AvgPool2d, where: str) -> BoundOp:
 
 
 def avg_pool_op(m, where, kernel, stride, padding, ceil_mode, count_include_pad, divisor) -> BoundOp:
-    """``AvgPool2dOp`` after refusing the variants whose windows are not one fixed-weight convolution."""
-    if ceil_mode:
-        raise UnsupportedLayerError(f"{where}: average pooling with ceil_mode=True is not supported")
-    if not count_include_pad:
-        raise UnsupportedLayerError(f"{where}: average pooling with count_include_pad=False is not supported")
-    return AvgPool2dOp(m, where, kernel, stride, padding, divisor)
+    return AvgPool2dOp(m, where, kernel, stride, padding, divisor, ceil_mode=ceil_mode,
+                       count_include_pad=count_include_pad)
 
 
 def _adaptive_pool(m: nn.AdaptiveAvgPool2d, where: str) -> BoundOp:
@@ -132,8 +128,7 @@ MODULE_RULES: tuple[ModuleRule, ...] = (
     ModuleRule((nn.BatchNorm1d, nn.BatchNorm2d), _batchnorm, "BatchNorm1d/2d", ChannelAffineOp),
     ModuleRule((Normalize,), lambda m, w: ChannelAffineOp(m, w), "gmbound.Normalize", ChannelAffineOp),
     ModuleRule((nn.AvgPool2d,), _avg_pool, "AvgPool2d", AvgPool2dOp),
-    ModuleRule((nn.AdaptiveAvgPool2d,), _adaptive_pool, "AdaptiveAvgPool2d (to a size dividing the input)",
-               AvgPool2dOp),
+    ModuleRule((nn.AdaptiveAvgPool2d,), _adaptive_pool, "AdaptiveAvgPool2d", AvgPool2dOp),
     ModuleRule((nn.Identity,), lambda m, w: None, "Identity"),
     ModuleRule((nn.Dropout,), _dropout, "Dropout (eval mode)"),
     ModuleRule((nn.Tanh,), lambda m, w: TanhOp(m, w), "Tanh", TanhOp),
