@@ -99,10 +99,12 @@ def backward(graph: BoundGraph, shapes: list[Shape], start: int, lam: torch.Tens
         node = graph.nodes[i]
         op, below = node.op, node.inputs[0]
         slope = op.relu_slope()
+        args = None
         if (fused is not None and slope is not None and below != 0 and below not in stop
                 and hasattr(graph.nodes[below].op, "fused_args") and len(graph.users[below]) == 1):
-            # a (leaky) ReLU and the affine op below it (whose only consumer it is) in one step
             args = graph.nodes[below].op.fused_args(shapes[graph.nodes[below].inputs[0]], shapes[below])
+        if args is not None:
+            # a (leaky) ReLU and the affine op below it (whose only consumer it is) in one step
             # a Linear reading a Flatten: Lambda straight onto the image, in the kernels' layout
             image = _flattened_image(graph, shapes, graph.nodes[below].inputs[0], stop) if args[2] is None else None
             lam_in, term = fused(lam, *pre_relu[i], *args, negative_slope=slope,

@@ -145,6 +145,33 @@ class AvgPoolVariants(nn.Module):
         return self.fc(torch.cat([a.flatten(1), torch.tanh(b).flatten(1)], 1))
 
 
+def _padded_cnn(seed: int) -> nn.Module:
+    """Convolutions padded in every mode, and 'same' with even kernels (one side padded more). Input [1, 6, 6]."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+        nn.Conv2d(3, 3, (2, 3), padding="same", padding_mode="replicate"), nn.ReLU(),
+        nn.Conv2d(3, 3, 3, padding=(2, 1), stride=2, padding_mode="circular"), nn.ReLU(),
+        nn.Conv2d(3, 2, 4, padding="same"), nn.ReLU(),                       # zeros, asymmetric
+        nn.Flatten(), nn.Linear(2 * 4 * 3, 4)).double()
+
+
+class PadModes(nn.Module):
+    """F.pad in each mode, and with a constant other than 0 (the border adds a bias term). Input [2, 5, 5]."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3)
+        self.fc = nn.Linear(2 * 7 * 6 + 2 * 5 * 6 + 2 * 3 * 4, 4)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))                                   # [2, 3, 3]
+        a = F.pad(F.pad(h, (1, 2, 2, 2), mode="reflect"), (0, 0, 0, 0), mode="replicate")   # [2, 7, 6]
+        b = F.pad(x, (0, 1, 0, 0), mode="circular")                                   # [2, 5, 6]
+        c = F.pad(h, (0, 1, 0, 0), value=-0.5) + F.pad(torch.tanh(h), (1, 0, 0, 0), value=0.25)  # [2, 3, 4]
+        return self.fc(torch.cat([a.flatten(1), b.flatten(1), c.flatten(1)], 1))
+
+
 class InPlace(nn.Module):
     """In-place forms of supported ops, each overwriting a tensor nothing else reads."""
 
@@ -218,6 +245,8 @@ OPS_NETS = {
     "maxpool_dilated": (_maxpool_cnn(nn.MaxPool2d(2, stride=2, dilation=2), 3 * 2 * 2), (1, 6, 6), False),
     "leaky_maxpool_cnn": (_plain(LeakyMaxPoolCNN), (1, 6, 6), False),
     "inplace": (_plain(InPlace), (6,), False),
+    "padded_conv": (_padded_cnn, (1, 6, 6), False),
+    "pad_modes": (_plain(PadModes), (2, 5, 5), False),
     "avgpool_variants": (_plain(AvgPoolVariants), (1, 7, 7), False),
     "grouped_conv": (_grouped_cnn, (2, 6, 6), False),  # auto_LiRPA 0.7.1 fails on string padding
     "depthwise_conv": (_depthwise_cnn, (2, 6, 6), False),  # test_grouped_conv_parity_with_auto_lirpa

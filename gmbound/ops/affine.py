@@ -10,6 +10,7 @@ from torch import nn
 from ..layers import Normalize
 from ..validation import BoundInputError
 from .base import BoundOp, Interval, Shape
+from .shape import pad_adjoint
 
 
 class WeightedOp(BoundOp):
@@ -46,11 +47,7 @@ class LinearOp(WeightedOp):
 
 
 def conv_padding(padding, kernel, dilation) -> tuple[int, int]:
-    """A convolution's zero padding as numbers: ``'valid'`` is 0, ``'same'`` half the dilated kernel.
-
-    ``'same'`` with an even dilated kernel pads one more on the bottom / right; such a layer is
-    refused when it is built (``registry._conv2d``), so this is never asked for it.
-    """
+    """A convolution's symmetric zero padding as numbers: ``'valid'`` is 0, ``'same'`` half the dilated kernel."""
     if padding == "valid":
         return (0, 0)
     if padding == "same":
@@ -93,11 +90,14 @@ def dense_group_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class Conv2dOp(WeightedOp):
-    """``z = conv(a, W) + b`` (any stride / dilation; zero padding by numbers, 'valid' or odd 'same'; any groups).
+    """``z = conv(a, W) + b``: any stride, dilation, groups, padding (numbers, 'valid', 'same') and padding mode.
 
     A grouped convolution is bounded as the dense one with the block-diagonal weight
     (``dense_group_weight``): the same map, at ``groups`` times the bound FLOPs of dedicated
-    grouped kernels, so every backend's convolution kernels serve it unchanged.
+    grouped kernels, so every backend's convolution kernels serve it unchanged. Padding that is not
+    symmetric zeros (``padding_mode`` reflect / replicate / circular, or ``'same'`` with an even
+    dilated kernel, which pads one side more) is a separate step before an unpadded convolution,
+    as PyTorch itself computes it (``pre_pad``; CROWN through it by ``pad_adjoint``).
     """
 
     @property
@@ -109,12 +109,33 @@ class Conv2dOp(WeightedOp):
         return tuple(self.module.stride)
 
     @property
+    def pre_pad(self) -> Optional[tuple[tuple[int, ...], str]]:
+        """``(pad, mode)`` for ``F.pad`` before an unpadded convolution, or None (symmetric zero padding)."""
+        m = self.module
+        if m.padding_mode != "zeros":
+            return tuple(m._reversed_padding_repeated_twice), m.padding_mode
+        if m.padding == "same":
+            pad = tuple(m._reversed_padding_repeated_twice)
+            if any(pad[2 * d] != pad[2 * d + 1] for d in range(len(pad) // 2)):
+                return pad, "constant"
+        return None
+
+    @property
     def padding(self) -> tuple[int, int]:
+        if self.pre_pad is not None:
+            return (0, 0)
         return conv_padding(self.module.padding, self.module.weight.shape[-2:], self.module.dilation)
 
     @property
     def dilation(self) -> tuple[int, int]:
         return tuple(self.module.dilation)
+
+    def _padded_shape(self, in_shape: Shape) -> Shape:
+        pre = self.pre_pad
+        if pre is None or len(in_shape) != 3:
+            return tuple(in_shape)
+        pad = pre[0]
+        return (in_shape[0], in_shape[1] + pad[2] + pad[3], in_shape[2] + pad[0] + pad[1])
 
     def out_shape(self, in_shape: Shape) -> Shape:
         if len(in_shape) != 3 or in_shape[0] != self.weight.shape[1]:
@@ -122,23 +143,40 @@ class Conv2dOp(WeightedOp):
                              f"{in_shape}")
         a = torch.zeros((1,) + tuple(in_shape), dtype=self.weight.dtype, device="meta")
         try:
+            if self.pre_pad is not None:
+                pad, mode = self.pre_pad
+                a = F.pad(a, pad, mode)
             out = F.conv2d(a, self.weight.to("meta"), None, self.stride, self.padding, self.dilation)
-        except RuntimeError as err:
+        except (RuntimeError, NotImplementedError) as err:
             raise ValueError(f"{self.where} cannot take an input of shape {in_shape}: {err}") from None
         return tuple(out.shape[1:])
 
     def interval(self, prims, a: Interval) -> Interval:
-        return Interval(*prims.interval_conv2d(a.lower, a.upper, self.weight, self.bias, self.stride, self.padding,
+        lower, upper = a.lower, a.upper
+        if self.pre_pad is not None:
+            # the pads copy entries (or add zeros), which commutes with a pending ReLU: pad the raw bounds
+            pad, mode = self.pre_pad
+            lead, in_shape = lower.shape[:2], tuple(lower.shape[2:])
+            lower, upper = (F.pad(t.reshape((-1,) + in_shape), pad, mode).unflatten(0, lead) for t in (lower, upper))
+        return Interval(*prims.interval_conv2d(lower, upper, self.weight, self.bias, self.stride, self.padding,
                                                self.dilation, a.relu_pending))
 
     def backward(self, prims, lam, in_shapes, out_shape, pre):
-        out_pad = conv_output_padding(self, in_shapes[0][1:], out_shape[1:])
+        padded = self._padded_shape(in_shapes[0])
+        out_pad = conv_output_padding(self, padded[1:], out_shape[1:])
         lam_in, term = prims.conv2d_backward(lam, self.weight, self.bias, self.stride, self.padding, self.dilation,
                                              out_pad)
+        if self.pre_pad is not None:
+            lam_in = pad_adjoint(lam_in, in_shapes[0], *self.pre_pad)
         return [lam_in], term
 
     def fused_args(self, in_shape: Shape, out_shape: Shape):
-        """``(weight, bias, conv)`` for ``relu_affine_backward``; ``conv`` = stride, padding, dilation, output padding."""
+        """``(weight, bias, conv)`` for ``relu_affine_backward``; ``conv`` = stride, padding, dilation, output padding.
+
+        None when the op pads before convolving: the fused kernels know symmetric zero padding only.
+        """
+        if self.pre_pad is not None:
+            return None
         out_pad = conv_output_padding(self, in_shape[1:], out_shape[1:])
         return self.weight, self.bias, (self.stride, self.padding, self.dilation, out_pad)
 

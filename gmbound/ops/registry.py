@@ -24,7 +24,7 @@ from .elementwise import AddOp, ConstantAffineOp, ProductOp
 from .convex import ELUOp, ExpOp, SoftplusOp
 from .nonlinear import AbsOp, ClampOp, LeakyReLUOp, SigmoidOp, SquareOp, TanhOp
 from .pooling import AvgPool2dOp, MaxPool2dOp
-from .shape import FlattenOp, PadOp, ReshapeOp
+from .shape import PAD_MODES, FlattenOp, PadOp, ReshapeOp
 from .smooth_relu import GELUOp, GELUTanhOp, MishOp, SiLUOp
 from .structure import CatOp, ReduceOp, SliceOp
 
@@ -35,12 +35,6 @@ def _linear(m: nn.Linear, where: str) -> BoundOp:
 
 
 def _conv2d(m: nn.Conv2d, where: str) -> BoundOp:
-    if m.padding_mode != "zeros":
-        raise UnsupportedLayerError(f"{where}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
-    if m.padding == "same" and any(d * (k - 1) % 2 for k, d in zip(m.kernel_size, m.dilation)):
-        raise UnsupportedLayerError(f"{where}: padding='same' with an even dilated kernel ({m.kernel_size}, dilation "
-                                    f"{m.dilation}) pads one side more, which gmbound does not bound; give the "
-                                    "padding as numbers, or an F.pad before the layer")
     return Conv2dOp(m, where)
 
 
@@ -122,7 +116,7 @@ class ModuleRule:
 
 MODULE_RULES: tuple[ModuleRule, ...] = (
     ModuleRule((nn.Linear,), _linear, "Linear", LinearOp),
-    ModuleRule((nn.Conv2d,), _conv2d, "Conv2d (zero padding; grouped: as dense)", Conv2dOp),
+    ModuleRule((nn.Conv2d,), _conv2d, "Conv2d (grouped: as dense)", Conv2dOp),
     ModuleRule((nn.ReLU,), lambda m, w: ReLUOp(m, w), "ReLU", ReLUOp),
     ModuleRule((nn.Flatten,), _flatten, "Flatten", FlattenOp),
     ModuleRule((nn.BatchNorm1d, nn.BatchNorm2d), _batchnorm, "BatchNorm1d/2d", ChannelAffineOp),
@@ -312,11 +306,14 @@ def _identity(call: Call) -> Built:
 
 def _pad(call: Call) -> Built:
     pad, mode, value = call.arg(1, "pad"), call.arg(2, "mode", "constant"), call.arg(3, "value", None)
-    if mode != "constant" or value not in (None, 0, 0.0):
-        raise call.refuse(f"padding with mode={mode!r}, value={value!r}: only zero padding is supported")
+    if mode not in PAD_MODES:
+        raise call.refuse(f"padding with mode={mode!r}: gmbound bounds the modes {', '.join(PAD_MODES)}")
+    if value is not None and (mode != "constant" or _is_tensor(value) or isinstance(value, bool)
+                              or not isinstance(value, (int, float))):
+        raise call.refuse(f"padding with mode={mode!r}, value={value!r}: give a number, with mode='constant'")
     if not isinstance(pad, (tuple, list)) or len(pad) % 2 or any(not isinstance(p, int) or p < 0 for p in pad):
         raise call.refuse(f"pad={pad!r}: give non-negative integers, two per padded dimension")
-    return PadOp(None, call.where, tuple(pad)), [call.arg(0, "input")]
+    return PadOp(None, call.where, tuple(pad), mode, float(value or 0.0)), [call.arg(0, "input")]
 
 
 def _is_int(v) -> bool:
@@ -512,7 +509,7 @@ FUNCTION_RULES: dict[Any, FunctionRule] = {
     torch.reshape: _RESHAPE,
     F.avg_pool2d: FunctionRule(_avg_pool_fn, "F.avg_pool2d", AvgPool2dOp),
     F.adaptive_avg_pool2d: FunctionRule(_adaptive_pool_fn, "F.adaptive_avg_pool2d", AvgPool2dOp),
-    F.pad: FunctionRule(_pad, "F.pad with zeros", PadOp),
+    F.pad: FunctionRule(_pad, "F.pad (constant, reflect, replicate, circular)", PadOp),
     operator.getitem: _INDEX, torch.narrow: _NARROW,
     torch.tanh: _TANH, torch.tanh_: _TANH, torch.sigmoid: _SIGMOID, torch.sigmoid_: _SIGMOID,
     torch.abs: _ABS, torch.abs_: _ABS, operator.abs: _ABS, torch.exp: _EXP, torch.exp_: _EXP,
@@ -552,7 +549,6 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("ELU with alpha > 1 or < 0", "not convex: its slope falls at 0 (CELU is convex for every alpha > 0)"),
     ("max pooling with ceil_mode=True or return_indices=True", "partial last windows; indices are not bounded "
      "values"),
-    ("padding modes other than zeros; padding='same' with an even dilated kernel", "not implemented"),
     ("reductions, indexing or concatenation along the batch axis (x.sum(), x[0], torch.cat(..., 0))",
      "each sample is bounded on its own box; the batch axis must stay"),
     ("indexing with tensors, lists, None or Ellipsis; negative steps", "not a basic per-sample selection (an "
